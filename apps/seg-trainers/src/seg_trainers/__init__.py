@@ -1,5 +1,25 @@
-"""seg-trainers."""
+"""seg-trainers: Per-method training recipes of seg.
+
+Status: skeleton. The modules below exist so the package map is complete and installable; each is empty until
+the issue named beside it lands (see docs/architecture.md):
+
+    seg_trainers.clip: Training the reference synthetic-world CLIP from scratch (CLIP/MaskCLIP issue).
+    seg_trainers.groupvit: GroupViT and PGSeg recipes (GroupViT/PGSeg issue).
+    seg_trainers.simcon: MV-SimCon recipe (MV-SimCon issue).
+    seg_trainers.reco: ReCo+ recipe (a segmenter trained on ReCo pseudo-labels) (ReCo issue).
+    seg_trainers.zutis: ZUTIS recipe (ZUTIS issue).
+    seg_trainers.reclip: ReCLIP++ rectification and distillation recipes (ReCLIP++ issue).
+"""
 
 from seg_trainers.__about__ import __version__
 
-__all__ = ["__version__"]
+SKELETON_MODULES: tuple[str, ...] = (
+    "clip",
+    "groupvit",
+    "simcon",
+    "reco",
+    "zutis",
+    "reclip",
+)
+
+__all__ = ["SKELETON_MODULES", "__version__"]

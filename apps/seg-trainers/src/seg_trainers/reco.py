@@ -1,0 +1,7 @@
+"""ReCo+ recipe (a segmenter trained on ReCo pseudo-labels).
+
+Skeleton: not implemented yet. The content arrives with the ReCo issue; until then this
+module exports nothing, so nothing can be mistaken for a working implementation.
+"""
+
+__all__: list[str] = []

@@ -1,0 +1,7 @@
+"""MV-SimCon recipe.
+
+Skeleton: not implemented yet. The content arrives with the MV-SimCon issue; until then this
+module exports nothing, so nothing can be mistaken for a working implementation.
+"""
+
+__all__: list[str] = []

@@ -1,0 +1,22 @@
+"""seg-zoo installs, reports its version and exposes its (skeleton) modules."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+
+import pytest
+
+import seg_zoo
+
+
+def test_version_matches_distribution_metadata() -> None:
+    assert seg_zoo.__version__ == importlib.metadata.version("seg-zoo")
+
+
+@pytest.mark.parametrize("module", seg_zoo.SKELETON_MODULES)
+def test_skeleton_modules_import_and_export_nothing_yet(module: str) -> None:
+    loaded = importlib.import_module(f"seg_zoo.{module}")
+    assert loaded.__doc__ is not None
+    assert "Skeleton" in loaded.__doc__
+    assert loaded.__all__ == []

@@ -1,0 +1,7 @@
+"""ReCLIP++'s contrastive rectification loss and distillation losses.
+
+Skeleton: not implemented yet. The content arrives with the ReCLIP++ issue; until then this
+module exports nothing, so nothing can be mistaken for a working implementation.
+"""
+
+__all__: list[str] = []

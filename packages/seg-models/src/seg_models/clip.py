@@ -1,0 +1,7 @@
+"""CLIP from open_clip (name/tag, ``hf-hub:``, ``local-dir:``), prompt ensembling, text cache.
+
+Skeleton: not implemented yet. The content arrives with the CLIP/MaskCLIP issue; until then this
+module exports nothing, so nothing can be mistaken for a working implementation.
+"""
+
+__all__: list[str] = []

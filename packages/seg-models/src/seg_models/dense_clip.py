@@ -1,0 +1,7 @@
+"""Dense CLIP features (the MaskCLIP value path) for open_clip ViTs and ModifiedResNets at any input size.
+
+Skeleton: not implemented yet. The content arrives with the CLIP/MaskCLIP issue; until then this
+module exports nothing, so nothing can be mistaken for a working implementation.
+"""
+
+__all__: list[str] = []

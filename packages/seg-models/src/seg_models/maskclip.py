@@ -1,0 +1,7 @@
+"""The MaskCLIP segmenter (baseline).
+
+Skeleton: not implemented yet. The content arrives with the CLIP/MaskCLIP issue; until then this
+module exports nothing, so nothing can be mistaken for a working implementation.
+"""
+
+__all__: list[str] = []

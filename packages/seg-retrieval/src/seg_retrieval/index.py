@@ -1,0 +1,7 @@
+"""faiss indexes (flat, IVF-Flat, IVF-PQ, HNSW), CPU or GPU, save/load.
+
+Skeleton: not implemented yet. The content arrives with the ReCo issue; until then this
+module exports nothing, so nothing can be mistaken for a working implementation.
+"""
+
+__all__: list[str] = []
