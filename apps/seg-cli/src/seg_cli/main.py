@@ -1,5 +1,10 @@
-"""Entry point placeholder; the command tree is built in seg_cli.app."""
+"""Console-script entry point of ``seg`` (``seg = "seg_cli.main:main"``)."""
+
+from seg_cli.app import app
+
+__all__ = ["main"]
 
 
 def main() -> None:
-    raise SystemExit("seg: the command line is being set up")
+    """Run the ``seg`` command line with ``sys.argv``; exits with the command's exit code."""
+    app(prog_name="seg")

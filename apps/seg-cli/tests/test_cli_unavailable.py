@@ -1,0 +1,67 @@
+"""Commands whose content does not exist yet say so, name who provides it, write nothing and exit 2."""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+
+from seg_cli.unavailable import NOT_AVAILABLE_EXIT_CODE, not_available
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, Path]:
+    """Existing input files and folders, so that only the command's body can refuse."""
+    image = tmp_path / "inputs" / "cat.png"
+    image.parent.mkdir()
+    image.write_bytes(b"not read")
+    config = tmp_path / "inputs" / "recipe.yaml"
+    config.write_text("{}\n")
+    model_folder = tmp_path / "inputs" / "model"
+    model_folder.mkdir()
+    return {"image": image, "config": config, "folder": image.parent, "model": model_folder, "out": tmp_path / "out"}
+
+
+UNAVAILABLE: list[tuple[str, list[str], str]] = [
+    (
+        "world generate",
+        ["world", "generate", "--out", "{out}", "--split", "train", "--num", "4", "--seed", "0"],
+        "seg-eval",
+    ),
+    ("predict", ["predict", "{image}", "--method", "maskclip", "--classes", "cat,dog", "--out", "{out}"], "seg-models"),
+    ("eval", ["eval", "--method", "reco", "--dataset", "{folder}", "--out", "{out}/r.json"], "seg-eval"),
+    ("train", ["train", "zutis", "--config", "{config}", "--out", "{out}"], "seg-trainers"),
+    ("retrieve embed", ["retrieve", "embed", "{folder}", "--model", "m", "--out", "{out}/e.bin"], "seg-retrieval"),
+    ("retrieve index", ["retrieve", "index", "{config}", "--out", "{out}/i.faiss"], "seg-retrieval"),
+    (
+        "retrieve curate",
+        ["retrieve", "curate", "--index", "{config}", "--concepts", "cat", "--out", "{out}"],
+        "seg-retrieval",
+    ),
+    ("zoo list", ["zoo", "list", "reco-*"], "seg-zoo"),
+    ("zoo info", ["zoo", "info", "maskclip-vit-b16.openai"], "seg-zoo"),
+    ("zoo pull", ["zoo", "pull", "hf-hub:org/name", "--out", "{out}"], "seg-zoo"),
+    ("zoo push", ["zoo", "push", "{model}", "org/name"], "seg-zoo"),
+]
+
+
+@pytest.mark.parametrize(("command", "args", "provider"), UNAVAILABLE, ids=[case[0] for case in UNAVAILABLE])
+def test_unavailable_command_says_so_and_exits_2(
+    run_seg: Callable[..., Any], inputs: dict[str, Path], command: str, args: list[str], provider: str
+) -> None:
+    result = run_seg(*(arg.format(**inputs) for arg in args))
+    assert result.exit_code == NOT_AVAILABLE_EXIT_CODE == 2
+    assert f"Not available yet: seg {command}" in result.text
+    assert f"provided by {provider}" in result.text
+    assert result.stdout == ""  # no result, not even a partial one
+    assert not inputs["out"].exists()
+
+
+def test_not_available_raises_exit_2_with_the_message(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(typer.Exit) as raised:
+        not_available("seg frobnicate (the [bold]thing[/])", "seg-core (issue 42)")
+    assert raised.value.exit_code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Not available yet: seg frobnicate (the [bold]thing[/])." in err  # markup in names is printed literally
+    assert "It will be provided by seg-core (issue 42)." in err
