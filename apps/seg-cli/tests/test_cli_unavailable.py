@@ -24,11 +24,6 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
 
 
 UNAVAILABLE: list[tuple[str, list[str], str]] = [
-    (
-        "world generate",
-        ["world", "generate", "--out", "{out}", "--split", "train", "--num", "4", "--seed", "0"],
-        "seg-eval",
-    ),
     ("predict", ["predict", "{image}", "--method", "maskclip", "--classes", "cat,dog", "--out", "{out}"], "seg-models"),
     ("eval", ["eval", "--method", "reco", "--dataset", "{folder}", "--out", "{out}/r.json"], "seg-eval"),
     ("train", ["train", "zutis", "--config", "{config}", "--out", "{out}"], "seg-trainers"),

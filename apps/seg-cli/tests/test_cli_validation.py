@@ -9,7 +9,7 @@ import pytest
 from seg_cli.methods import METHOD_NAMES, resolve_method
 from seg_cli.params import parse_concept_names, parse_repo_id, parse_split_name
 
-GOOD_WORLD = ["world", "generate", "--out", "w", "--split", "train", "--num", "4", "--seed", "0"]
+GOOD_WORLD = ["world", "generate", "--out", "w", "--split", "val", "--num", "4", "--seed", "0"]
 
 
 def _world(**changes: str) -> list[str]:
@@ -25,10 +25,10 @@ def _world(**changes: str) -> list[str]:
         (_world(num="0"), ["'--num'", "0 is too small", ">= 1"]),
         (_world(num="many"), ["'--num'", "integer"]),
         (_world(seed="-1"), ["'--seed'", "-1 is too small", ">= 0"]),
-        (_world(split="Train Set"), ["'--split'", "'Train Set'", "lower case letters"]),
+        (_world(split="train"), ["'--split'", "'train'", "index, pairs, val, test, shift"]),
         ([*GOOD_WORLD, "--format", "xml"], ["'--format'", "xml", "coco", "voc"]),
-        ([*GOOD_WORLD, "--size", "4"], ["'--size'", "4 is too small", ">= 16"]),
-        (["world", "generate", "--split", "train", "--num", "1", "--seed", "0"], ["'--out'"]),
+        ([*GOOD_WORLD, "--size", "16"], ["'--size'", "16 is too small", ">= 32"]),
+        (["world", "generate", "--split", "val", "--num", "1", "--seed", "0"], ["'--out'"]),
         (
             ["eval", "--method", "recoo", "--dataset", ".", "--out", "r.json"],
             ["'--method'", "'recoo'", "choose one of: maskclip", "Did you mean 'reco'?"],
