@@ -1,5 +1,78 @@
-"""seg-train."""
+"""seg-train: the method-agnostic training engine of seg.
+
+A :class:`Trainer` runs a recipe's ``step(model, batch) -> loss`` function with learning-rate schedules, mixed
+precision, gradient accumulation and clipping, atomic checkpoints with exact resume, TensorBoard and rich
+progress, and DistributedDataParallel under ``torchrun``. It knows nothing about any segmentation method.
+"""
 
 from seg_train.__about__ import __version__
+from seg_train.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_model_weights,
+    load_training_state,
+    save_checkpoint,
+)
+from seg_train.data import BatchesFactory, ResumableIndexBatches, move_to_device
+from seg_train.distributed import (
+    DistributedContext,
+    barrier,
+    distributed_context,
+    init_distributed,
+    shard_indices,
+    shutdown_distributed,
+    unwrap_model,
+)
+from seg_train.optim import build_optimizer
+from seg_train.precision import autocast_dtype, resolve_precision
+from seg_train.schedules import cosine_decay, linear_warmup, lr_multiplier, lr_multiplier_fn, poly_decay
+from seg_train.seeding import capture_rng_state, deterministic_algorithms, restore_rng_state, seed_everything
+from seg_train.trainer import (
+    NonFiniteLossError,
+    Stateful,
+    StepFn,
+    StepOutput,
+    StepResult,
+    Trainer,
+    TrainingInterrupted,
+    TrainResult,
+)
 
-__all__ = ["__version__"]
+__all__ = [
+    "BatchesFactory",
+    "DistributedContext",
+    "NonFiniteLossError",
+    "ResumableIndexBatches",
+    "Stateful",
+    "StepFn",
+    "StepOutput",
+    "StepResult",
+    "TrainResult",
+    "Trainer",
+    "TrainingInterrupted",
+    "__version__",
+    "autocast_dtype",
+    "barrier",
+    "build_optimizer",
+    "capture_rng_state",
+    "cosine_decay",
+    "deterministic_algorithms",
+    "distributed_context",
+    "init_distributed",
+    "latest_checkpoint",
+    "linear_warmup",
+    "list_checkpoints",
+    "load_model_weights",
+    "load_training_state",
+    "lr_multiplier",
+    "lr_multiplier_fn",
+    "move_to_device",
+    "poly_decay",
+    "resolve_precision",
+    "restore_rng_state",
+    "save_checkpoint",
+    "seed_everything",
+    "shard_indices",
+    "shutdown_distributed",
+    "unwrap_model",
+]
