@@ -1,10 +1,11 @@
 """seg-losses: Losses and matchers for language-guided segmentation (seg).
 
-Status: skeleton. The modules below exist so the package map is complete and installable; each is empty until
-the issue named beside it lands (see docs/architecture.md):
+Status: ``contrastive`` holds the symmetric InfoNCE (SimCon arrives later); the other modules are skeletons that
+exist so the package map is complete and installable, each empty until the issue named beside it lands (see
+docs/architecture.md):
 
-    seg_losses.contrastive: Symmetric InfoNCE (GroupViT), SimCon and multi-view SimCon, the negative-cosine view
-        loss (GroupViT/PGSeg and MV-SimCon issue).
+    seg_losses.contrastive: Symmetric InfoNCE (available); SimCon and multi-view SimCon, the negative-cosine view
+        loss (MV-SimCon issue).
     seg_losses.matching: Hungarian matching (scipy linear_sum_assignment), shared by ZUTIS and PGSeg (ZUTIS and
         GroupViT/PGSeg issue).
     seg_losses.prototype: PGSeg's prototype-guidance loss, hard rejection and non-learnable prototypical
@@ -15,13 +16,13 @@ the issue named beside it lands (see docs/architecture.md):
 """
 
 from seg_losses.__about__ import __version__
+from seg_losses.contrastive import info_nce_loss
 
 SKELETON_MODULES: tuple[str, ...] = (
-    "contrastive",
     "matching",
     "prototype",
     "set_criterion",
     "rectification",
 )
 
-__all__ = ["SKELETON_MODULES", "__version__"]
+__all__ = ["SKELETON_MODULES", "__version__", "info_nce_loss"]
