@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import subprocess
+import sys
 
 import pytest
 
@@ -20,3 +22,22 @@ def test_skeleton_modules_import_and_export_nothing_yet(module: str) -> None:
     assert loaded.__doc__ is not None
     assert "Skeleton" in loaded.__doc__
     assert loaded.__all__ == []
+
+
+IMPLEMENTED_MODULES = ("clip", "dense_clip", "inference", "refiners", "maskclip")
+
+
+@pytest.mark.parametrize("module", IMPLEMENTED_MODULES)
+def test_implemented_modules_export_what_they_list(module: str) -> None:
+    assert module not in seg_models.SKELETON_MODULES
+    loaded = importlib.import_module(f"seg_models.{module}")
+    assert loaded.__doc__ is not None
+    assert "Skeleton" not in loaded.__doc__
+    assert loaded.__all__
+    missing = [name for name in loaded.__all__ if not hasattr(loaded, name)]
+    assert missing == []
+
+
+def test_importing_the_package_stays_light() -> None:
+    code = "import sys, seg_models; assert not {'torch', 'open_clip'} & set(sys.modules), sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,16 +1,21 @@
 """seg-models: Backbones, dense CLIP and method architectures for seg.
 
-Status: skeleton. The modules below exist so the package map is complete and installable; each is empty until
-the issue named beside it lands (see docs/architecture.md):
+Available modules:
 
-    seg_models.clip: CLIP from open_clip (name/tag, ``hf-hub:``, ``local-dir:``), prompt ensembling, text cache
-        (CLIP/MaskCLIP issue).
-    seg_models.dense_clip: Dense CLIP features (the MaskCLIP value path) for open_clip ViTs and ModifiedResNets at
-        any input size (CLIP/MaskCLIP issue).
-    seg_models.inference: Whole-image and sliding-window inference, resizing back to the original size
-        (CLIP/MaskCLIP issue).
-    seg_models.refiners: Mask refiners behind one interface: PAMR and dense CRF (CLIP/MaskCLIP issue).
-    seg_models.maskclip: The MaskCLIP segmenter (baseline) (CLIP/MaskCLIP issue).
+    seg_models.clip: CLIP from open_clip (name/tag, ``hf-hub:``, ``local-dir:``) as a typed
+        ``ImageTextEncoder`` (``ClipModel``, ``load_clip``), custom model configs (``register_model_config``,
+        the synthetic CLIP's ``SYNTHETIC_CLIP_CONFIG``), prompt ensembling, the text-embedding cache and the
+        text side of background policies (``ConceptEmbeddings``).
+    seg_models.dense_clip: Dense CLIP features (the MaskCLIP value path; ``value`` and ``naive`` variants) for
+        open_clip ViTs and ModifiedResNets at any input size, and image embeddings at any size.
+    seg_models.inference: Resize rules, whole-image and sliding-window inference, resizing back to the original
+        size (``infer``), and similarity maps -> ``SegmentationOutput`` under a background policy.
+    seg_models.refiners: Mask refiners behind ``seg_core.MaskRefiner``: PAMR and the dense CRF (extra ``crf``).
+    seg_models.maskclip: The MaskCLIP segmenter (baseline), ``MaskCLIPSegmenter`` and ``build_maskclip``.
+
+Skeleton modules (they exist so the package map is complete and export nothing until the issue named beside
+them lands; see docs/architecture.md):
+
     seg_models.groupvit: GroupViT: grouping stages, text transformer, converters for official and transformers
         checkpoints (GroupViT/PGSeg issue).
     seg_models.pgseg: PGSeg: GroupViT with prototype guidance and momentum prototypes (GroupViT/PGSeg issue).
@@ -19,16 +24,13 @@ the issue named beside it lands (see docs/architecture.md):
     seg_models.zutis: ZUTIS: text-aligned image encoder and query-based instance decoder (ZUTIS issue).
     seg_models.reclip: ReCLIP++: reference prompt, positional projection, mask decoder; student segmenter (ReCLIP++
         issue).
+
+Submodules are not imported here, so ``import seg_models`` stays light (no torch, no open_clip).
 """
 
 from seg_models.__about__ import __version__
 
 SKELETON_MODULES: tuple[str, ...] = (
-    "clip",
-    "dense_clip",
-    "inference",
-    "refiners",
-    "maskclip",
     "groupvit",
     "pgseg",
     "reco",
