@@ -1,7 +1,8 @@
 """seg-trainers: Per-method training recipes of seg.
 
-Status: skeleton. The modules below exist so the package map is complete and installable; each is empty until
-the issue named beside it lands (see docs/architecture.md):
+Status: ``clip`` (the reference synthetic-world CLIP recipe) is available; the other modules are skeletons that
+exist so the package map is complete and installable, each empty until the issue named beside it lands (see
+docs/architecture.md):
 
     seg_trainers.clip: Training the reference synthetic-world CLIP from scratch (CLIP/MaskCLIP issue).
     seg_trainers.groupvit: GroupViT and PGSeg recipes (GroupViT/PGSeg issue).
@@ -14,7 +15,6 @@ the issue named beside it lands (see docs/architecture.md):
 from seg_trainers.__about__ import __version__
 
 SKELETON_MODULES: tuple[str, ...] = (
-    "clip",
     "groupvit",
     "simcon",
     "reco",
