@@ -34,7 +34,7 @@ def _world(**changes: str) -> list[str]:
             ["'--method'", "'recoo'", "choose one of: maskclip", "Did you mean 'reco'?"],
         ),
         (["eval", "--method", "reco", "--dataset", "no/such/dir", "--out", "r.json"], ["'--dataset'", "no/such/dir"]),
-        (["train", "segformer"], ["METHOD", "'segformer'", "maskclip, groupvit"]),
+        (["train", "segformer"], ["METHOD", "'segformer'", "maskclip, dense-clip, groupvit"]),
         (["train", "reco", "--config", "missing.yaml"], ["'--config'", "missing.yaml"]),
         (["retrieve", "index", ".", "--out", "i.faiss", "--kind", "hnsw2"], ["'--kind'", "hnsw2", "flat"]),
         (
@@ -83,7 +83,8 @@ def test_methods_resolve_by_any_of_their_names(given: str, canonical: str) -> No
 
 
 def test_method_names_are_the_eight_methods() -> None:
-    assert METHOD_NAMES == ("maskclip", "groupvit", "reco", "reco-plus", "zutis", "reclip", "pgseg", "simcon")
+    expected = ("maskclip", "dense-clip", "groupvit", "reco", "reco-plus", "zutis", "reclip", "pgseg", "simcon")
+    assert expected == METHOD_NAMES
 
 
 def test_unknown_method_message_lists_the_choices() -> None:

@@ -5,13 +5,14 @@ from typing import Annotated
 
 import typer
 
+from seg_cli.console import stderr_console, stdout_console
 from seg_cli.methods import METHOD_NAMES, validate_method
-from seg_cli.unavailable import not_available
 
 __all__ = ["evaluate"]
 
 
 def evaluate(
+    *,
     method: Annotated[
         str,
         typer.Option(
@@ -39,11 +40,75 @@ def evaluate(
         ),
     ] = None,
     preset: Annotated[
-        str | None, typer.Option("--preset", help="Protocol preset (default: the dataset's own preset).")
+        str | None,
+        typer.Option("--preset", help="Protocol preset name or file (default: the method's preset for the dataset)."),
     ] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Split to evaluate (default: the dataset's).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate only the first N images.")] = None,
 ) -> None:
-    """Evaluate a method on a dataset under a protocol preset. [yellow](not available yet)[/]"""
-    not_available(
-        f"seg eval (evaluating {method} on {dataset})",
-        "seg-eval (the evaluator and protocol presets) with the method's model code in seg-models",
+    """Evaluate a method on a dataset under a protocol preset and write results.json.
+
+    The dataset's layout is recognised (a synthetic world written by `seg world generate`, or a benchmark in its
+    released layout). The record names the method, model, dataset and the protocol with its signature.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from seg_cli.segmenters import build_segmenter, ensure_available
+    from seg_core import ConfigError
+    from seg_eval.datasets import DatasetLayoutError, detect_layout, open_dataset
+    from seg_eval.evaluator import evaluate as run_evaluation
+    from seg_eval.evaluator import write_results
+    from seg_eval.presets import list_presets, load_preset
+
+    ensure_available(method, "seg eval")
+    try:
+        layout = detect_layout(dataset)
+        data = open_dataset(dataset, split=split)
+        data_name = str(getattr(data, "name", layout))
+        if preset is None:
+            preset = _default_preset(method, data_name, list_presets())
+        protocol = load_preset(preset)
+    except (DatasetLayoutError, ConfigError, ValueError) as error:
+        stderr_console().print(f"[bold red]seg eval:[/] {error}")
+        raise typer.Exit(code=1) from None
+    built = build_segmenter(method, model, protocol)
+    with Progress(
+        TextColumn(f"[bold]{method}[/] on {data_name}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=stderr_console(),
+    ) as bar:
+        task = bar.add_task("eval", total=len(data) if limit is None else min(limit, len(data)))
+        try:
+            record = run_evaluation(
+                built.segmenter,
+                data,
+                preset=protocol,
+                method=built.method,
+                model=built.model,
+                dataset_name=data_name,
+                split=str(getattr(data, "split", split or "")),
+                limit=limit,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except (ConfigError, ValueError) as error:
+            stderr_console().print(f"[bold red]seg eval:[/] {error}")
+            raise typer.Exit(code=1) from None
+    write_results(record, out)
+    metrics = record.metrics
+    stdout_console().print(
+        f"{built.method} ({built.model}) on {data_name}: mIoU {metrics.miou:.3f}, pixel accuracy "
+        f"{metrics.pixel_accuracy:.3f} over {record.num_images} images; protocol {protocol.name} "
+        f"[{record.signature}]; written to {out}"
     )
+
+
+def _default_preset(method: str, dataset_name: str, known: tuple[str, ...]) -> str:
+    """``<method>-<dataset>`` when registered, else the dataset's first preset; ``synthetic`` for the world."""
+    if dataset_name == "synthetic":
+        return "synthetic"
+    for candidate in (f"{method}-{dataset_name}", *(p for p in known if p.endswith(f"-{dataset_name}"))):
+        if candidate in known:
+            return candidate
+    raise ValueError(f"no preset for dataset {dataset_name!r}; pass --preset (known: {', '.join(known)})")

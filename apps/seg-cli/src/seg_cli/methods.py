@@ -28,6 +28,7 @@ class Method:
 
 METHODS: Final[tuple[Method, ...]] = (
     Method("maskclip", "MaskCLIP"),
+    Method("dense-clip", "dense CLIP (naive)"),
     Method("groupvit", "GroupViT"),
     Method("reco", "ReCo"),
     Method("reco-plus", "ReCo+"),

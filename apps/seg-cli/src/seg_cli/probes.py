@@ -124,6 +124,7 @@ class MethodStatus:
 # Module map of the package skeletons (the docstrings of seg_models and seg_trainers name the issue of each).
 METHOD_PROBES: Final[dict[str, MethodProbes]] = {
     "maskclip": MethodProbes(Probe("seg_models.maskclip"), None),
+    "dense-clip": MethodProbes(Probe("seg_models.maskclip"), None),
     "groupvit": MethodProbes(Probe("seg_models.groupvit"), Probe("seg_trainers.groupvit")),
     "reco": MethodProbes(Probe("seg_models.reco"), None),
     "reco-plus": MethodProbes(Probe("seg_models.reco"), Probe("seg_trainers.reco")),
@@ -139,7 +140,10 @@ PIECES: Final[tuple[Piece, ...]] = (
     Piece("synthetic-world CLIP training", "seg-trainers", Probe("seg_trainers.clip")),
     Piece("synthetic world", "seg-eval", Probe("seg_eval.world")),
     Piece("metrics", "seg-eval", Probe("seg_eval.metrics")),
-    Piece("evaluator", "seg-eval", Probe("seg_eval.evaluate")),
+    Piece("benchmark readers and presets", "seg-eval", Probe("seg_eval.presets")),
+    Piece("evaluator", "seg-eval", Probe("seg_eval.evaluator")),
+    Piece("training engine", "seg-train", Probe("seg_train")),
+    Piece("bundled synthetic CLIP", "seg-zoo", Probe("seg_zoo.bundled")),
     Piece("zoo registry", "seg-zoo", Probe("seg_zoo.registry")),
     Piece("zoo Hub I/O", "seg-zoo", Probe("seg_zoo.hub")),
 )

@@ -1,0 +1,43 @@
+"""Models shipped inside the seg-zoo wheel, usable with no network at all.
+
+``synthetic-clip``: the reference CLIP trained from scratch on the synthetic world (``seg_trainers.clip``), an
+open_clip ``local-dir:`` folder with fp16 safetensors weights and ``training.json`` (recipe, data seed and the
+metrics it reached on a world seed it never saw). It is the default model of ``seg demo``, ``seg eval`` and
+``seg predict`` for the CLIP-based methods. Regenerate it with ``python tools/train_reference_clip.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BUNDLED_MODELS", "REFERENCE_CLIP", "bundled_model_dir", "bundled_model_info"]
+
+REFERENCE_CLIP = "synthetic-clip"
+BUNDLED_MODELS: tuple[str, ...] = (REFERENCE_CLIP,)
+
+
+def bundled_model_dir(name: str = REFERENCE_CLIP) -> Path:
+    """The folder of a bundled model (pass it to ``load_clip(f"local-dir:{folder}")``).
+
+    Raises:
+        KeyError: ``name`` is not a bundled model.
+        FileNotFoundError: The model's files are missing from this installation.
+    """
+    if name not in BUNDLED_MODELS:
+        raise KeyError(f"no bundled model {name!r}; bundled: {', '.join(BUNDLED_MODELS)}")
+    folder = Path(str(resources.files("seg_zoo") / "bundled" / name))
+    if not (folder / "open_clip_config.json").is_file():
+        raise FileNotFoundError(
+            f"the bundled model {name!r} is missing from {folder}; reinstall seg-zoo, or train it with "
+            "`python tools/train_reference_clip.py` in a checkout of seg"
+        )
+    return folder
+
+
+def bundled_model_info(name: str = REFERENCE_CLIP) -> dict[str, Any]:
+    """``training.json`` of a bundled model: recipe, data seed, steps and evaluation metrics."""
+    info: dict[str, Any] = json.loads((bundled_model_dir(name) / "training.json").read_text())
+    return info
