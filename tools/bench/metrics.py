@@ -2,8 +2,8 @@
 
 Prints markdown table rows (the header first) for docs/benchmarks.md:
 
-    hatch run python tools/bench_metrics.py
-    hatch run python tools/bench_metrics.py --size 512 --batch 8 --classes 21 171 --threads 1
+    hatch run python tools/bench/metrics.py
+    hatch run python tools/bench/metrics.py --size 512 --batch 8 --classes 21 171 --threads 1
 
 Each row times ``update(pred, target)`` on a batch of random label maps with 10 % of the ground truth set to the
 ignore index 255 (the common case; it exercises the range checks), taking the best of several repeats. Input

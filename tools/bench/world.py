@@ -2,8 +2,8 @@
 
 Prints markdown table rows (the header first) for docs/benchmarks.md:
 
-    hatch run python tools/bench_world.py
-    hatch run python tools/bench_world.py --sizes 64 96 128 --images 2000 --write-images 500
+    hatch run python tools/bench/world.py
+    hatch run python tools/bench/world.py --sizes 64 96 128 --images 2000 --write-images 500
 
 Rows:
 
