@@ -1,5 +1,6 @@
 """Shared fixtures of the seg-cli tests: run ``seg`` in-process and read its output as plain words."""
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,3 +45,22 @@ def run_seg() -> Callable[..., SegRun]:
         return SegRun(result.exit_code, result.stdout, result.stderr)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def random_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A randomly initialised synthetic-size CLIP in the open_clip local-dir layout."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    from seg_core import CLIP_MEAN_STD
+    from seg_models.clip import SYNTHETIC_CLIP_CONFIG, local_dir_config, register_model_config
+
+    folder = tmp_path_factory.mktemp("clip")
+    name = register_model_config()
+    torch.manual_seed(0)
+    model = open_clip.create_model(name, pretrained=None)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    (folder / "open_clip_config.json").write_text(json.dumps(local_dir_config(SYNTHETIC_CLIP_CONFIG, CLIP_MEAN_STD)))
+    return f"local-dir:{folder}"

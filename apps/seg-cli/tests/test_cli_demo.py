@@ -1,5 +1,7 @@
-"""``seg demo`` for now: an honest status page built by probing the installed packages."""
+"""``seg demo``: the status page built by probing the installed packages, then every available method run end to
+end on a small world with results.json and report.html."""
 
+import json
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -60,17 +62,34 @@ def test_every_method_has_probes() -> None:
     assert set(probes.METHOD_PROBES) == set(METHOD_NAMES)
 
 
-def test_demo_exits_0_with_methods_pieces_and_the_honest_closing_line(run_seg: Callable[..., Any]) -> None:
-    result = run_seg("demo")
+def test_demo_runs_every_available_method_and_writes_the_report(
+    run_seg: Callable[..., Any], random_clip: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "demo"
+    result = run_seg("demo", "--out", str(out), "--num", "4", "--model", random_clip)
     assert result.exit_code == 0, result.text
     for method in METHODS:
         assert f" {method.display_name} {method.name} " in result.text
     for piece in probes.PIECES:
         assert piece.label in result.text
-    assert "synthetic world" in result.text
-    assert "evaluator" in result.text
-    assert "zoo" in result.text
-    assert "arrives with the CLIP/MaskCLIP issue" in result.text
+    records = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in records] == ["maskclip", "dense-clip"]
+    assert all(r["num_images"] == 4 and r["protocol"]["name"] == "synthetic" for r in records)
+    report = (out / "report.html").read_text()
+    assert report.count("<img") == 4 * 4  # up to 6 images (4 here) x (image, ground truth, 2 methods)
+    assert "data:image/png;base64," in report
+    for record in records:
+        assert f"{record['metrics']['mIoU']:.3f}" in report
+        assert f"{record['metrics']['mIoU']:.3f}" in result.text
+    assert (out / "world" / "world.json").is_file()
+
+
+def test_demo_without_its_model_fails_clearly(run_seg: Callable[..., Any], tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    result = run_seg("demo", "--out", str(tmp_path / "demo"), "--num", "4", "--model", f"local-dir:{missing}")
+    assert result.exit_code == 1
+    assert "nowhere" in result.text
+    assert not (tmp_path / "demo" / "results.json").exists()
 
 
 def test_demo_reflects_what_is_installed(
@@ -88,7 +107,7 @@ def test_demo_reflects_what_is_installed(
     monkeypatch.setitem(
         probes.METHOD_PROBES, "zutis", MethodProbes(Probe(f"{fake_package}.ready"), Probe(f"{fake_package}.skeleton"))
     )
-    text = run_seg("demo").text
+    text = run_seg("demo", "--out", "unused", "--model", "local-dir:/no/such/model").text
     assert f"ready piece seg-fake available {fake_package}.ready" in text
     assert f"skeleton piece seg-fake not yet {fake_package}.skeleton" in text
     assert "broken piece seg-fake broken (ModuleNotFoundError" in text

@@ -7,11 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
-from seg_core import CLIP_MEAN_STD
 from seg_eval.world import generate_split
-from seg_models.clip import SYNTHETIC_CLIP_CONFIG, local_dir_config, register_model_config
 
 
 @pytest.fixture(scope="module")
@@ -19,21 +16,6 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("world")
     generate_split(root, "val", 3, 77, fmt="coco")
     return root
-
-
-@pytest.fixture(scope="module")
-def random_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A randomly initialised synthetic-size CLIP in the open_clip local-dir layout."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    folder = tmp_path_factory.mktemp("clip")
-    name = register_model_config()
-    torch.manual_seed(0)
-    model = open_clip.create_model(name, pretrained=None)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
-    (folder / "open_clip_config.json").write_text(json.dumps(local_dir_config(SYNTHETIC_CLIP_CONFIG, CLIP_MEAN_STD)))
-    return f"local-dir:{folder}"
 
 
 @pytest.mark.parametrize("method", ["maskclip", "dense-clip"])

@@ -107,6 +107,11 @@ def run_demo(*, out: Path, num: int, seed: int, model: str | None, overlays: int
     errors = stderr_console()
     world_dir = out / "world"
     preset = get_preset("synthetic")
+    try:  # load every model before any work, so a missing model fails at once
+        segmenters = [build_segmenter(method, model, preset) for method in CLIP_METHODS]
+    except FileNotFoundError as error:
+        errors.print(f"[bold red]seg demo:[/] {error}")
+        raise typer.Exit(code=1) from None
     progress_columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*progress_columns, console=errors) as bar:
         task = bar.add_task(f"world: val split, seed {seed}", total=num)
@@ -123,12 +128,8 @@ def run_demo(*, out: Path, num: int, seed: int, model: str | None, overlays: int
 
     records = []
     predictions: dict[str, list[np.ndarray]] = {}
-    for method in CLIP_METHODS:
-        try:
-            built = build_segmenter(method, model, preset)
-        except FileNotFoundError as error:
-            errors.print(f"[bold red]seg demo:[/] {error}")
-            raise typer.Exit(code=1) from None
+    for built in segmenters:
+        method = built.method
         with Progress(*progress_columns, console=errors) as bar:
             task = bar.add_task(f"{method}: segment and evaluate", total=num)
             record = evaluate(
