@@ -1,18 +1,25 @@
 """``seg predict``: segment images into the given classes with one method."""
 
+from __future__ import annotations
+
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from seg_cli.console import stderr_console, stdout_console
 from seg_cli.methods import METHOD_NAMES, validate_method
-from seg_cli.params import validate_concept_names
-from seg_cli.unavailable import not_available
+from seg_cli.params import parse_concept_names, validate_concept_names
+
+if TYPE_CHECKING:
+    from seg_core import ProtocolPreset
+    from seg_models.clip import ClipModel
 
 __all__ = ["predict"]
 
 
 def predict(
+    *,
     images: Annotated[
         list[Path],
         typer.Argument(
@@ -45,8 +52,78 @@ def predict(
         Path, typer.Option("--out", "-o", help="Folder for the label maps and overlays.", file_okay=False)
     ] = Path("predictions"),
 ) -> None:
-    """Segment IMAGES into the given classes with one method. [yellow](not available yet)[/]"""
-    not_available(
-        f"seg predict (segmenting {len(images)} image(s) with {method})",
-        "seg-models (MaskCLIP first, with the CLIP/MaskCLIP issue) and seg-zoo (loading the weights)",
+    """Segment IMAGES into the given classes with one method.
+
+    Writes, per image, OUT/<name>_labels.png (a palette PNG whose pixel values are the class ids, in the order of
+    --classes) and OUT/<name>_overlay.png (the image with the label colours and a legend). Any RGB, RGBA or
+    greyscale image of any size works; predictions are at the image's own size.
+    """
+    from seg_cli.segmenters import ensure_available
+
+    ensure_available(method, "seg predict")
+    names = parse_concept_names(classes)
+    failures = _predict(images, method=method, names=names, model=model, out=out)
+    if failures:
+        raise typer.Exit(code=1)
+
+
+def _predict(images: list[Path], *, method: str, names: tuple[str, ...], model: str | None, out: Path) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from seg_cli.report import class_colors, legend_image, overlay
+    from seg_cli.segmenters import build_segmenter
+    from seg_core import ConceptSet
+    from seg_eval.evaluator import image_to_tensor
+
+    concepts = ConceptSet(names=names, templates="imagenet85")
+    built = build_segmenter(method, model, _predict_preset)
+    colors = class_colors(len(names))
+    out.mkdir(parents=True, exist_ok=True)
+    console, errors = stdout_console(), stderr_console()
+    failures = 0
+    for path in images:
+        try:
+            with Image.open(path) as opened:
+                picture = opened.convert("RGBA") if opened.mode in {"RGBA", "LA", "P"} else opened.convert("RGB")
+                if picture.mode == "RGBA":  # transparent pixels over white, not over black
+                    white = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+                    picture = Image.alpha_composite(white, picture).convert("RGB")
+                rgb = np.asarray(picture, dtype=np.uint8).copy()
+        except (UnidentifiedImageError, OSError) as error:
+            errors.print(f"[bold red]seg predict:[/] cannot read {path} as an image ({error}); skipped")
+            failures += 1
+            continue
+        with torch.inference_mode():
+            labels = built.segmenter.segment(image_to_tensor(rgb), concepts).labels[0].cpu().numpy().astype(np.uint8)
+        label_png = Image.fromarray(labels, mode="P")
+        label_png.putpalette(colors.tobytes())
+        label_path = out / f"{path.stem}_labels.png"
+        label_png.save(label_path)
+        counts = np.bincount(labels.ravel(), minlength=len(names))
+        present = [i for i in np.argsort(-counts) if counts[i] > 0]
+        entries = [
+            (f"{names[i]} {100 * counts[i] / labels.size:.0f}%", tuple(int(c) for c in colors[i])) for i in present
+        ]
+        overlay_path = out / f"{path.stem}_overlay.png"
+        Image.fromarray(legend_image(overlay(rgb, labels, colors), entries)).save(overlay_path)  # type: ignore[arg-type]
+        console.print(f"{path.name}: " + ", ".join(name for name, _ in entries) + f" -> {label_path}, {overlay_path}")
+    return failures
+
+
+def _predict_preset(clip: ClipModel) -> ProtocolPreset:
+    """Resize the short side to 448 px (the model's own size for small models trained on small images) and slide
+    windows of the model's training size with half overlap."""
+    from seg_core import ProtocolPreset, ResizeRule, SlidingWindow
+
+    crop = min(clip.image_size)
+    short_side = max(crop, 448) if crop >= 224 else crop
+    return ProtocolPreset(
+        name=f"predict-{crop}",
+        resize=ResizeRule(short_side=short_side),
+        mode="slide",
+        window=SlidingWindow(crop=crop, stride=max(crop // 2, 1)),
+        templates="imagenet85",
+        normalization=clip.normalization,
     )

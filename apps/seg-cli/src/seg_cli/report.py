@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ReportRow", "colorize", "overlay", "png_data_uri", "write_report"]
+__all__ = ["ReportRow", "class_colors", "colorize", "legend_image", "overlay", "png_data_uri", "write_report"]
+
+# Distinct colours for user-given class lists (label 0 first); cycled past their number.
+_DISTINCT = (
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+    (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200),
+    (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
+)  # fmt: skip
 
 U8 = npt.NDArray[np.uint8]
 
@@ -28,6 +35,37 @@ class ReportRow:
     image: U8
     ground_truth: npt.NDArray[np.integer]
     predictions: Mapping[str, U8]
+
+
+def class_colors(num_classes: int) -> npt.NDArray[np.uint8]:
+    """A ``(256, 3)`` colour table for ``num_classes`` labels (255 = light grey for ignore)."""
+    table = np.zeros((256, 3), dtype=np.uint8)
+    for label in range(min(num_classes, 255)):
+        table[label] = _DISTINCT[label % len(_DISTINCT)]
+    table[255] = (224, 224, 192)
+    return table
+
+
+def legend_image(picture: U8, entries: Sequence[tuple[str, tuple[int, int, int]]], *, min_width: int = 320) -> U8:
+    """``picture`` (upscaled to at least ``min_width`` wide, nearest) with a legend of coloured names below it."""
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(picture)
+    if image.width < min_width:
+        factor = -(-min_width // image.width)
+        image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+    line_height, swatch = 16, 11
+    columns = max(1, image.width // 160)
+    rows = -(-len(entries) // columns) if entries else 0
+    canvas = Image.new("RGB", (image.width, image.height + rows * line_height + 8), (255, 255, 255))
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, (name, color) in enumerate(entries):
+        x = 4 + (i % columns) * (image.width // columns)
+        y = image.height + 4 + (i // columns) * line_height
+        draw.rectangle((x, y + 2, x + swatch, y + 2 + swatch), fill=color)
+        draw.text((x + swatch + 4, y), name, fill=(20, 20, 20))
+    return np.asarray(canvas, dtype=np.uint8).copy()
 
 
 def colorize(labels: npt.NDArray[np.integer], colors: npt.NDArray[np.uint8]) -> U8:

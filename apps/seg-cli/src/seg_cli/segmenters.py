@@ -9,6 +9,7 @@ Model sources for the CLIP-based methods: ``None`` (the bundled reference synthe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,8 +63,12 @@ def ensure_available(method: str, command: str) -> None:
         not_available(f"{command} --method {method}", f"the {method} issue (its model code in seg-models)")
 
 
-def build_segmenter(method: str, model: str | None, preset: ProtocolPreset) -> BuiltSegmenter:
+def build_segmenter(
+    method: str, model: str | None, preset: ProtocolPreset | Callable[[ClipModel], ProtocolPreset]
+) -> BuiltSegmenter:
     """The segmenter of ``method`` with weights from ``model`` under ``preset``.
+
+    ``preset`` may be a function of the loaded CLIP (e.g. windows of its training size).
 
     Raises:
         typer.Exit: (code 2) the method's model code is not available yet.
@@ -72,7 +77,8 @@ def build_segmenter(method: str, model: str | None, preset: ProtocolPreset) -> B
         from seg_models.maskclip import MaskCLIPSegmenter
 
         clip, recorded = load_clip_source(model)
-        segmenter = MaskCLIPSegmenter(clip, preset, variant=CLIP_METHODS[method])  # type: ignore[arg-type]
+        protocol = preset(clip) if callable(preset) else preset
+        segmenter = MaskCLIPSegmenter(clip, protocol, variant=CLIP_METHODS[method])  # type: ignore[arg-type]
         return BuiltSegmenter(segmenter, method, recorded)
     ensure_available(method, "seg")
     raise AssertionError(f"method {method!r} is available but has no builder")
