@@ -24,7 +24,11 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
 
 
 UNAVAILABLE: list[tuple[str, list[str], str]] = [
-    ("predict", ["predict", "{image}", "--method", "zutis", "--classes", "cat,dog", "--out", "{out}"], "the zutis issue"),
+    (
+        "predict",
+        ["predict", "{image}", "--method", "zutis", "--classes", "cat,dog", "--out", "{out}"],
+        "the zutis issue",
+    ),
     ("train", ["train", "zutis", "--config", "{config}", "--out", "{out}"], "seg-trainers"),
     ("retrieve embed", ["retrieve", "embed", "{folder}", "--model", "m", "--out", "{out}/e.bin"], "seg-retrieval"),
     ("retrieve index", ["retrieve", "index", "{config}", "--out", "{out}/i.faiss"], "seg-retrieval"),
