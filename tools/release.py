@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import re
 import shutil
 import subprocess
@@ -594,8 +595,11 @@ def build(root: Path, name: str, out: Path | None = None) -> list[Path]:
         raise ReleaseError("`hatch` is not on PATH; install it (pipx install hatch) to build")
     out = (out if out is not None else root / "dist").resolve()
     out.mkdir(parents=True, exist_ok=True)
+    # Run hatch as from a plain shell: inside `hatch run`/`hatch test`, HATCH_ENV_ACTIVE names that environment and
+    # `hatch build` then refuses with "Environment ... is not a builder environment".
+    env = {key: value for key, value in os.environ.items() if key != "HATCH_ENV_ACTIVE"}
     completed = subprocess.run(
-        [hatch, "build", "-t", "wheel", "-t", "sdist", str(out)], cwd=dist.folder, check=False, text=True
+        [hatch, "build", "-t", "wheel", "-t", "sdist", str(out)], cwd=dist.folder, check=False, text=True, env=env
     )
     if completed.returncode != 0:
         raise ReleaseError(f"`hatch build` failed in {dist.folder} (exit {completed.returncode})")
