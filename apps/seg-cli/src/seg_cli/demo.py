@@ -169,11 +169,13 @@ def run_demo(*, out: Path, num: int, seed: int, model: str | None, overlays: int
         ]
         for r in records
     ]
-    table = Table(title=f"Synthetic world, val split, seed {seed}, {num} images, preset {preset.name}")
+    models = ", ".join(sorted({r.model for r in records}))
+    table = Table(title=f"Synthetic world, val split, seed {seed}, {num} images, preset {preset.name}, model {models}")
     for column in columns:
-        table.add_column(column, justify="left" if column in {"method", "model"} else "right")
+        if column != "model":  # named in the title: keeps the table inside an 80-column terminal
+            table.add_column(column, justify="left" if column == "method" else "right")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(row[0], *row[2:])
     console.print(table)
 
     out.mkdir(parents=True, exist_ok=True)

@@ -135,7 +135,8 @@ def write_report(
     methods = list(rows[0].predictions) if rows else []
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>" for row in table)
-    present = sorted({int(v) for row in rows for v in np.unique(row.ground_truth) if v != 255})
+    maps = [label_map for row in rows for label_map in (row.ground_truth, *row.predictions.values())]
+    present = sorted({int(v) for labels in maps for v in np.unique(labels) if v != 255 and v < len(class_names)})
     legend = "".join(
         f'<span><i style="background:rgb{tuple(int(c) for c in colors[i])}"></i>{esc(class_names[i])}</span>'
         for i in present

@@ -271,7 +271,7 @@ def evaluate_synthetic_clip(
     *,
     seed: int = 1000,
     num_images: int = 300,
-    variants: Sequence[str] = ("maskclip", "naive"),
+    variants: Sequence[str] = ("maskclip", "value", "naive"),
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Measure a synthetic-world CLIP on a world seed it was not trained on.
