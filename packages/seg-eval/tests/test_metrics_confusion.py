@@ -297,3 +297,16 @@ def test_cuda_batches_are_counted_on_the_gpu() -> None:
     assert torch.equal(on_gpu.counts.cpu(), on_cpu.counts)
     on_gpu.update(pred, target)  # a numpy batch still lands in the GPU counts
     assert torch.equal(on_gpu.counts.cpu(), 2 * on_cpu.counts)
+
+
+def test_miou_over_a_subset_of_classes() -> None:
+    from seg_eval.metrics import SegmentationMetrics
+
+    metrics = SegmentationMetrics(
+        miou=0.5, pixel_accuracy=0.5, mean_accuracy=0.5, per_class_iou={"a": 0.2, "b": 0.6, "c": None}
+    )
+    assert metrics.miou_over(["a", "b"]) == pytest.approx(0.4)
+    assert metrics.miou_over(["b", "c"]) == pytest.approx(0.6)
+    assert math.isnan(metrics.miou_over(["c"]))
+    with pytest.raises(KeyError, match="unknown classes"):
+        metrics.miou_over(["d"])

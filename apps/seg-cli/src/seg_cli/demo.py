@@ -8,7 +8,7 @@ naive dense-CLIP baseline (each method issue adds its own), evaluates them, prin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Final
@@ -152,18 +152,14 @@ def run_demo(*, out: Path, num: int, seed: int, model: str | None, overlays: int
                 for i in range(min(overlays, len(dataset)))
             ]
 
-    def group_miou(per_class: Mapping[str, float | None], names: tuple[str, ...]) -> float:
-        values = [v for n in names if (v := per_class.get(n)) is not None]
-        return sum(values) / len(values) if values else float("nan")
-
     columns = ["method", "model", "mIoU", "thing mIoU", "stuff mIoU", "pixel acc.", "seconds"]
     rows = [
         [
             r.method,
             r.model,
             f"{r.metrics.miou:.3f}",
-            f"{group_miou(r.metrics.per_class_iou, THING_NAMES):.3f}",
-            f"{group_miou(r.metrics.per_class_iou, STUFF_NAMES):.3f}",
+            f"{r.metrics.miou_over(THING_NAMES):.3f}",
+            f"{r.metrics.miou_over(STUFF_NAMES):.3f}",
             f"{r.metrics.pixel_accuracy:.3f}",
             f"{r.seconds:.1f}",
         ]

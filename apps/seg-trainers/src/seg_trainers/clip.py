@@ -295,6 +295,7 @@ def evaluate_synthetic_clip(
     from seg_eval.presets import get_preset
     from seg_eval.world import STUFF_NAMES, THING_NAMES, class_by_id
     from seg_eval.world.benchmark import RenderedWorldBenchmark
+    from seg_models.inference import normalize_images
     from seg_models.maskclip import MaskCLIPSegmenter
 
     clip = load_clip(f"local-dir:{model_dir}")
@@ -304,10 +305,7 @@ def evaluate_synthetic_clip(
 
     things = ConceptSet(names=THING_NAMES, templates=preset.templates)
     text = clip.concept_embeddings(things)
-    correct = total = 0
-    mean = torch.tensor(clip.normalization.mean).view(1, 3, 1, 1)
-    std = torch.tensor(clip.normalization.std).view(1, 3, 1, 1)
-    index = 0
+    correct = total = index = 0
     with torch.no_grad():
         while total < num_images and index < 20 * num_images:
             sample = render(world, "val", index)
@@ -316,7 +314,7 @@ def evaluate_synthetic_clip(
             present_things = [name for name in present if name in THING_NAMES]
             if len(present_things) != 1:
                 continue
-            image = (image_to_tensor(sample.image) - mean) / std
+            image = normalize_images(image_to_tensor(sample.image), clip.normalization.mean, clip.normalization.std)
             embedding = torch.nn.functional.normalize(clip.encode_image(image), dim=-1)
             scores = embedding @ text.embeddings.t()
             correct += int(THING_NAMES[int(scores.argmax())] == present_things[0])
@@ -340,18 +338,12 @@ def evaluate_synthetic_clip(
             split="val",
             progress=None if progress is None else _stage_progress(progress, variant),
         )
-        per_class = record.metrics.per_class_iou
-
-        def _mean(names: Sequence[str], per_class: Any = per_class) -> float:
-            values = [per_class[n] for n in names if per_class.get(n) is not None]
-            return float(sum(values) / len(values)) if values else float("nan")
-
         report[variant] = {
             "mIoU": record.metrics.miou,
-            "thing_mIoU": _mean(THING_NAMES),
-            "stuff_mIoU": _mean(STUFF_NAMES),
+            "thing_mIoU": record.metrics.miou_over(THING_NAMES),
+            "stuff_mIoU": record.metrics.miou_over(STUFF_NAMES),
             "pixel_accuracy": record.metrics.pixel_accuracy,
-            "per_class_iou": dict(per_class),
+            "per_class_iou": dict(record.metrics.per_class_iou),
         }
     return report
 

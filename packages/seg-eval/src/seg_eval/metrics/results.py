@@ -93,6 +93,18 @@ class SegmentationMetrics:
             frequency_weighted_iou=float(frequency_weighted_iou),
         )
 
+    def miou_over(self, class_names: Sequence[str]) -> float:
+        """Mean IoU over a subset of classes (e.g. things or stuff), absent classes left out; NaN if none is present.
+
+        Raises:
+            KeyError: A name is not one of this result's classes.
+        """
+        unknown = [name for name in class_names if name not in self.per_class_iou]
+        if unknown:
+            raise KeyError(f"unknown classes {unknown}; known: {', '.join(self.per_class_iou)}")
+        values = [value for name in class_names if (value := self.per_class_iou[name]) is not None]
+        return float(sum(values) / len(values)) if values else math.nan
+
     def to_dict(self, *, extended: bool = False) -> dict[str, Any]:
         """The ``results.json`` form: ``{"mIoU", "pixel_accuracy", "per_class_iou"}``; NaN becomes ``None``.
 
