@@ -8,16 +8,14 @@ naive dense-CLIP baseline (each method issue adds its own), evaluates them, prin
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Final
 
 import typer
-from rich.progress import Progress, TaskID
 from rich.table import Table
 
-from seg_cli.console import stderr_console, stdout_console
+from seg_cli.console import progress_bar, stderr_console, stdout_console
 from seg_cli.probes import Availability, ProbeResult, method_statuses, piece_statuses
 
 if TYPE_CHECKING:
@@ -94,7 +92,6 @@ def demo(
 def run_demo(*, out: Path, num: int, seed: int, model: str | None, overlays: int = 6) -> list[dict[str, object]]:
     """The end-to-end demo; returns the results records it wrote."""
     import numpy as np
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from seg_cli.report import ReportRow, write_report
     from seg_cli.segmenters import CLIP_METHODS, build_segmenter
@@ -112,9 +109,7 @@ def run_demo(*, out: Path, num: int, seed: int, model: str | None, overlays: int
     except FileNotFoundError as error:
         errors.print(f"[bold red]seg demo:[/] {error}")
         raise typer.Exit(code=1) from None
-    progress_columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*progress_columns, console=errors) as bar:
-        task = bar.add_task(f"world: val split, seed {seed}", total=num)
+    with progress_bar(f"world: val split, seed {seed}", num) as update:
         generate_split(
             world_dir,
             "val",
@@ -122,7 +117,7 @@ def run_demo(*, out: Path, num: int, seed: int, model: str | None, overlays: int
             seed,
             fmt="coco",
             config=WorldConfig(),
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            progress=update,
         )
     dataset = WorldBenchmark(world_dir, "val")
 
@@ -130,8 +125,7 @@ def run_demo(*, out: Path, num: int, seed: int, model: str | None, overlays: int
     predictions: dict[str, list[np.ndarray]] = {}
     for built in segmenters:
         method = built.method
-        with Progress(*progress_columns, console=errors) as bar:
-            task = bar.add_task(f"{method}: segment and evaluate", total=num)
+        with progress_bar(f"{method}: segment and evaluate", num) as update:
             record = evaluate(
                 built.segmenter,
                 dataset,
@@ -140,7 +134,7 @@ def run_demo(*, out: Path, num: int, seed: int, model: str | None, overlays: int
                 model=built.model,
                 dataset_name="synthetic",
                 split=f"val (seed {seed})",
-                progress=_updater(bar, task),
+                progress=update,
             )
         records.append(record)
         with torch_inference():
@@ -205,13 +199,6 @@ def run_demo(*, out: Path, num: int, seed: int, model: str | None, overlays: int
     console.print(f"wrote {report} and {results_path}")
     data: list[dict[str, object]] = [record.to_dict() for record in records]
     return data
-
-
-def _updater(bar: Progress, task: TaskID) -> Callable[[int, int], None]:
-    def update(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total)
-
-    return update
 
 
 def _concepts(preset: ProtocolPreset, dataset: SegmentationDataset) -> ConceptSet:

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from seg_cli.console import stderr_console, stdout_console
+from seg_cli.console import progress_bar, stderr_console, stdout_console
 from seg_cli.methods import METHOD_NAMES, validate_method
 
 __all__ = ["evaluate"]
@@ -51,8 +51,6 @@ def evaluate(
     The dataset's layout is recognised (a synthetic world written by `seg world generate`, or a benchmark in its
     released layout). The record names the method, model, dataset and the protocol with its signature.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from seg_cli.segmenters import build_segmenter, ensure_available
     from seg_core import ConfigError
     from seg_eval.datasets import DatasetLayoutError, detect_layout, open_dataset
@@ -72,14 +70,8 @@ def evaluate(
         stderr_console().print(f"[bold red]seg eval:[/] {error}")
         raise typer.Exit(code=1) from None
     built = build_segmenter(method, model, protocol)
-    with Progress(
-        TextColumn(f"[bold]{method}[/] on {data_name}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=stderr_console(),
-    ) as bar:
-        task = bar.add_task("eval", total=len(data) if limit is None else min(limit, len(data)))
+    total = len(data) if limit is None else min(limit, len(data))
+    with progress_bar(f"[bold]{method}[/] on {data_name}", total) as update:
         try:
             record = run_evaluation(
                 built.segmenter,
@@ -90,7 +82,7 @@ def evaluate(
                 dataset_name=data_name,
                 split=str(getattr(data, "split", split or "")),
                 limit=limit,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                progress=update,
             )
         except (ConfigError, ValueError) as error:
             stderr_console().print(f"[bold red]seg eval:[/] {error}")

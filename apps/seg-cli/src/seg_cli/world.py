@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from seg_cli.console import stderr_console, stdout_console
+from seg_cli.console import progress_bar, stderr_console, stdout_console
 from seg_cli.params import at_least
 
 WORLD_SPLITS = ("index", "pairs", "val", "test", "shift")
@@ -71,20 +71,10 @@ def generate(
     The folder records the world's config in world.json, so readers know its classes; several splits and both
     layouts may share one folder. An interrupted run continues where it stopped.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from seg_core import ConfigError
     from seg_eval.world import WorldConfig, generate_split
 
-    with Progress(
-        TextColumn(f"[bold]{split}[/] ({annotation_format.value})"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=stderr_console(),
-        transient=False,
-    ) as bar:
-        task = bar.add_task("render", total=num)
+    with progress_bar(f"[bold]{split}[/] ({annotation_format.value})", num) as update:
         try:
             written = generate_split(
                 out,
@@ -94,7 +84,7 @@ def generate(
                 fmt=annotation_format.value,
                 size=size,
                 config=WorldConfig(),
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                progress=update,
                 workers=workers,
             )
         except (ConfigError, ValueError, FileExistsError) as error:
