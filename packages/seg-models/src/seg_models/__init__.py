@@ -12,6 +12,10 @@ Available modules:
         size (``infer``), and similarity maps -> ``SegmentationOutput`` under a background policy.
     seg_models.refiners: Mask refiners behind ``seg_core.MaskRefiner``: PAMR and the dense CRF (extra ``crf``).
     seg_models.maskclip: The MaskCLIP segmenter (baseline), ``MaskCLIPSegmenter`` and ``build_maskclip``.
+    seg_models.reco: ReCo inference: the co-segmentation backbone (CLIP tower or timm), reference-embedding files,
+        ``ReCoSegmenter`` (reference similarity x DenseCLIP saliency).
+    seg_models.closed_set: A network trained over fixed labels (ReCo+, students) as a Segmenter
+        (``ClosedSetSegmenter``).
 
 Skeleton modules (they exist so the package map is complete and export nothing until the issue named beside
 them lands; see docs/architecture.md):
@@ -19,8 +23,6 @@ them lands; see docs/architecture.md):
     seg_models.groupvit: GroupViT: grouping stages, text transformer, converters for official and transformers
         checkpoints (GroupViT/PGSeg issue).
     seg_models.pgseg: PGSeg: GroupViT with prototype guidance and momentum prototypes (GroupViT/PGSeg issue).
-    seg_models.reco: ReCo inference: DenseCLIP refinement, language-guided co-segmentation, context elimination
-        (ReCo issue).
     seg_models.zutis: ZUTIS: text-aligned image encoder and query-based instance decoder (ZUTIS issue).
     seg_models.reclip: ReCLIP++: reference prompt, positional projection, mask decoder; student segmenter (ReCLIP++
         issue).
@@ -33,7 +35,6 @@ from seg_models.__about__ import __version__
 SKELETON_MODULES: tuple[str, ...] = (
     "groupvit",
     "pgseg",
-    "reco",
     "zutis",
     "reclip",
 )

@@ -21,14 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seg_core import ConceptSet, ProtocolPreset, ResizeRule, SegmentationOutput, SlidingWindow
+from seg_core import ConceptSet, MaskRefiner, ProtocolPreset, ResizeRule, SegmentationOutput, SlidingWindow
 
 __all__ = [
     "LogitsFn",
     "center_crop_box",
+    "check_pixel_images",
     "infer",
     "normalize_images",
     "pad_to_multiple",
+    "refine_output",
     "resize_images",
     "resize_logits",
     "resized_shape",
@@ -40,6 +42,8 @@ __all__ = [
 
 LogitsFn = Callable[[Tensor], Tensor]
 """Normalised images ``[B, 3, h, w]`` -> scores ``[B, C, h', w']`` at any resolution."""
+
+_PIXEL_RANGE_SLACK = 1e-3
 
 # ---------------------------------------------------------------------------------------------------------------
 # Resizing
@@ -271,3 +275,38 @@ def segmentation_from_similarities(
         label_names=concepts.label_names,
         label_map=label_map,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Segmenter plumbing shared by every method
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def check_pixel_images(images: Tensor) -> None:
+    """Refuse anything but ``[B, 3, H, W]`` RGB pixels in [0, 1] (segmenters normalise with their preset)."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be [B, 3, H, W] RGB in [0, 1], got shape {tuple(images.shape)}")
+    low, high = float(images.min()), float(images.max())
+    if low < -_PIXEL_RANGE_SLACK or high > 1 + _PIXEL_RANGE_SLACK:
+        raise ValueError(
+            f"images must be RGB in [0, 1] (the segmenter normalises them with the preset); got values in "
+            f"[{low:.3f}, {high:.3f}]. Pass unnormalised pixels divided by 255."
+        )
+
+
+def refine_output(
+    output: SegmentationOutput, images: Tensor, preset: ProtocolPreset, refiner: MaskRefiner | None
+) -> SegmentationOutput:
+    """Apply a refiner to a segmentation of ``images`` (RGB in [0, 1]); logits become log-probabilities.
+
+    With a centre-cropping resize rule the output covers :func:`center_crop_box` of the image, so the refiner sees
+    that crop. Without a refiner the output is returned unchanged.
+    """
+    if refiner is None:
+        return output
+    box = center_crop_box(int(images.shape[-2]), int(images.shape[-1]), preset.resize)
+    if box is not None:
+        top, left, box_height, box_width = box
+        images = images[..., top : top + box_height, left : left + box_width]
+    refined = refiner.refine(images.float(), output.probabilities)
+    return SegmentationOutput(logits=refined.clamp_min(1e-8).log(), label_names=output.label_names)

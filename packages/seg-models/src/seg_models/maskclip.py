@@ -18,18 +18,17 @@ from seg_core import ConceptSet, MaskRefiner, ProtocolPreset, SegmentationOutput
 from seg_models.clip import ClipModel, ConceptEmbeddings, load_clip
 from seg_models.dense_clip import DENSE_VARIANTS, DenseVariant, dense_clip_features, feature_stride
 from seg_models.inference import (
-    center_crop_box,
+    check_pixel_images,
     infer,
     normalize_images,
     pad_to_multiple,
+    refine_output,
     resize_logits,
     segmentation_from_similarities,
 )
 from seg_models.refiners import make_refiner
 
 __all__ = ["MaskCLIPSegmenter", "build_maskclip"]
-
-_PIXEL_RANGE_SLACK = 1e-3
 
 
 class MaskCLIPSegmenter:
@@ -102,14 +101,7 @@ class MaskCLIPSegmenter:
             Logits ``[B, C, H, W]`` at the input resolution (with a centre-cropping preset: the
             :func:`seg_models.inference.center_crop_box` region), background first when the concept set has one.
         """
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B, 3, H, W] RGB in [0, 1], got shape {tuple(images.shape)}")
-        low, high = float(images.min()), float(images.max())
-        if low < -_PIXEL_RANGE_SLACK or high > 1 + _PIXEL_RANGE_SLACK:
-            raise ValueError(
-                f"images must be RGB in [0, 1] (the segmenter normalises them with the preset); got values in "
-                f"[{low:.3f}, {high:.3f}]. Pass unnormalised pixels divided by 255."
-            )
+        check_pixel_images(images)
         device = self.clip.device
         images = images.to(device)
         text = self.clip.concept_embeddings(concepts)
@@ -117,14 +109,7 @@ class MaskCLIPSegmenter:
         normalized = normalize_images(images.float(), normalization.mean, normalization.std)
         similarities = infer(lambda batch: self.similarity_maps(batch, text), normalized, self.preset)
         output = segmentation_from_similarities(similarities, concepts, logit_scale=self.preset.logit_scale)
-        if self.refiner is None:
-            return output
-        box = center_crop_box(int(images.shape[-2]), int(images.shape[-1]), self.preset.resize)
-        if box is not None:
-            top, left, box_height, box_width = box
-            images = images[..., top : top + box_height, left : left + box_width]
-        refined = self.refiner.refine(images.float(), output.probabilities)
-        return SegmentationOutput(logits=refined.clamp_min(1e-8).log(), label_names=output.label_names)
+        return refine_output(output, images, self.preset, self.refiner)
 
 
 def build_maskclip(
