@@ -1,21 +1,24 @@
 """seg-retrieval: Embedding stores, faiss indexes and archive curation for seg.
 
-Status: skeleton. The modules below exist so the package map is complete and installable; each is empty until
-the issue named beside it lands (see docs/architecture.md):
+Available modules:
 
-    seg_retrieval.store: Resumable, sharded float16 embedding stores (memory-mapped on read) (ReCo issue).
-    seg_retrieval.index: faiss indexes (flat, IVF-Flat, IVF-PQ, HNSW), CPU or GPU, save/load (ReCo issue).
-    seg_retrieval.curate: Archive curation per concept and archive purity (precision@k) (ReCo issue).
+    seg_retrieval.store: Resumable, sharded float16 embedding stores of an image collection, memory-mapped on read
+        (``embed_collection``, ``EmbeddingStore``), split across ranks under ``torchrun``.
+    seg_retrieval.index: faiss indexes (flat, IVF-Flat, IVF-PQ, HNSW) over stores or arrays, CPU or GPU, save/load
+        (``IndexConfig``, ``build_index``, ``EmbeddingIndex``, a ``seg_core.Retriever``).
+    seg_retrieval.curate: Per-concept archive curation with optional de-duplication (``curate_archive``), archive
+        purity as precision@k (``archive_purity``), archive files (``save_archive``, ``load_archive``).
+
+Skeleton modules (they exist so the package map is complete and export nothing until the issue named beside
+them lands; see docs/architecture.md):
+
     seg_retrieval.hypotheses: Image-level multi-label hypotheses from sliding crops scored by CLIP (ReCLIP++ issue).
+
+Submodules are not imported here, so ``import seg_retrieval`` stays light (no torch, no faiss).
 """
 
 from seg_retrieval.__about__ import __version__
 
-SKELETON_MODULES: tuple[str, ...] = (
-    "store",
-    "index",
-    "curate",
-    "hypotheses",
-)
+SKELETON_MODULES: tuple[str, ...] = ("hypotheses",)
 
 __all__ = ["SKELETON_MODULES", "__version__"]
