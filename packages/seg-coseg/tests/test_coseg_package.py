@@ -1,4 +1,4 @@
-"""seg-coseg installs, reports its version and exposes its (skeleton) modules."""
+"""seg-coseg installs, reports its version and exposes its available and skeleton modules."""
 
 from __future__ import annotations
 
@@ -20,3 +20,14 @@ def test_skeleton_modules_import_and_export_nothing_yet(module: str) -> None:
     assert loaded.__doc__ is not None
     assert "Skeleton" in loaded.__doc__
     assert loaded.__all__ == []
+
+
+@pytest.mark.parametrize("module", ["seeds", "context"])
+def test_available_modules_export_what_they_list(module: str) -> None:
+    assert module not in seg_coseg.SKELETON_MODULES
+    loaded = importlib.import_module(f"seg_coseg.{module}")
+    assert loaded.__doc__ is not None
+    assert "Skeleton" not in loaded.__doc__
+    assert loaded.__all__
+    for name in loaded.__all__:
+        assert hasattr(loaded, name), f"seg_coseg.{module}.__all__ lists {name!r}, which it does not define"
