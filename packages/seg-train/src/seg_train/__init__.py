@@ -6,6 +6,17 @@ progress, and DistributedDataParallel under ``torchrun``. It knows nothing about
 """
 
 from seg_train.__about__ import __version__
+from seg_train.augment import (
+    SegAugmentConfig,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    augment_batch,
+    augment_pair,
+    blur_kernel_size,
+    gaussian_blur,
+)
 from seg_train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
@@ -43,6 +54,7 @@ __all__ = [
     "DistributedContext",
     "NonFiniteLossError",
     "ResumableIndexBatches",
+    "SegAugmentConfig",
     "Stateful",
     "StepFn",
     "StepOutput",
@@ -51,13 +63,21 @@ __all__ = [
     "Trainer",
     "TrainingInterrupted",
     "__version__",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_hue",
+    "adjust_saturation",
+    "augment_batch",
+    "augment_pair",
     "autocast_dtype",
     "barrier",
+    "blur_kernel_size",
     "build_optimizer",
     "capture_rng_state",
     "cosine_decay",
     "deterministic_algorithms",
     "distributed_context",
+    "gaussian_blur",
     "init_distributed",
     "latest_checkpoint",
     "linear_warmup",
