@@ -24,7 +24,17 @@ def test_skeleton_modules_import_and_export_nothing_yet(module: str) -> None:
     assert loaded.__all__ == []
 
 
-IMPLEMENTED_MODULES = ("clip", "dense_clip", "inference", "refiners", "maskclip", "reco", "closed_set")
+IMPLEMENTED_MODULES = (
+    "clip",
+    "dense_clip",
+    "inference",
+    "refiners",
+    "maskclip",
+    "reco",
+    "closed_set",
+    "deeplab",
+    "groupvit",
+)
 
 
 @pytest.mark.parametrize("module", IMPLEMENTED_MODULES)

@@ -16,12 +16,15 @@ Available modules:
         ``ReCoSegmenter`` (reference similarity x DenseCLIP saliency).
     seg_models.closed_set: A network trained over fixed labels (ReCo+, students) as a Segmenter
         (``ClosedSetSegmenter``).
+    seg_models.deeplab: DeepLabv3+ on any timm CNN backbone (ASPP, stride-4 decoder, optional separable convs,
+        OS 8/16): ``DeepLabConfig``, ``build_deeplab``, ``parameter_groups``, presets ``reco-plus-r101`` and
+        ``synthetic-64``.
+    seg_models.groupvit: GroupViT (model, the official inference rule, ``GroupViTSegmenter``), converters from the
+        official ``.pth`` and transformers checkpoints, ``load_groupvit``/``save_groupvit``.
 
 Skeleton modules (they exist so the package map is complete and export nothing until the issue named beside
 them lands; see docs/architecture.md):
 
-    seg_models.groupvit: GroupViT: grouping stages, text transformer, converters for official and transformers
-        checkpoints (GroupViT/PGSeg issue).
     seg_models.pgseg: PGSeg: GroupViT with prototype guidance and momentum prototypes (GroupViT/PGSeg issue).
     seg_models.zutis: ZUTIS: text-aligned image encoder and query-based instance decoder (ZUTIS issue).
     seg_models.reclip: ReCLIP++: reference prompt, positional projection, mask decoder; student segmenter (ReCLIP++
@@ -33,7 +36,6 @@ Submodules are not imported here, so ``import seg_models`` stays light (no torch
 from seg_models.__about__ import __version__
 
 SKELETON_MODULES: tuple[str, ...] = (
-    "groupvit",
     "pgseg",
     "zutis",
     "reclip",
