@@ -42,9 +42,9 @@ def test_eval_of_a_method_not_landed_exits_2_before_work(
     run_seg: Callable[..., Any], tiny_world: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "r.json"
-    result = run_seg("eval", "--method", "reco", "--dataset", str(tiny_world), "--out", str(out))
+    result = run_seg("eval", "--method", "zutis", "--dataset", str(tiny_world), "--out", str(out))
     assert result.exit_code == 2
-    assert "Not available yet: seg eval --method reco" in result.text
+    assert "Not available yet: seg eval --method zutis" in result.text
     assert not out.exists()
 
 
@@ -53,3 +53,42 @@ def test_eval_on_a_folder_that_is_no_dataset(run_seg: Callable[..., Any], tmp_pa
     result = run_seg("eval", "--method", "maskclip", "--dataset", str(tmp_path / "data"), "--out", "r.json")
     assert result.exit_code == 1
     assert "no known dataset layout" in result.text
+
+
+def test_eval_reco_and_reco_plus_with_their_bundled_models(
+    run_seg: Callable[..., Any], tiny_world: Path, tmp_path: Path
+) -> None:
+    for method in ("reco", "reco-plus"):
+        out = tmp_path / f"{method}.json"
+        result = run_seg("eval", "--method", method, "--dataset", str(tiny_world), "--out", str(out))
+        assert result.exit_code == 0, result.text
+        record = json.loads(out.read_text())
+        assert record["method"] == method
+        assert record["model"] == f"bundled:{method}-synthetic"
+        assert 0.0 < record["metrics"]["miou"] <= 1.0
+
+
+def test_eval_with_another_methods_model_folder_is_a_clear_error(
+    run_seg: Callable[..., Any], tiny_world: Path, tmp_path: Path
+) -> None:
+    from seg_zoo.bundled import bundled_model_dir
+
+    reco_plus = bundled_model_dir("reco-plus-synthetic")
+    result = run_seg(
+        "eval", "--method", "reco", "--model", f"local-dir:{reco_plus}", "--dataset", str(tiny_world), "--out", "r.json"
+    )
+    assert result.exit_code == 1
+    assert "not a ReCo model folder" in result.text
+    missing = run_seg(
+        "eval",
+        "--method",
+        "reco-plus",
+        "--model",
+        str(tmp_path / "nope"),
+        "--dataset",
+        str(tiny_world),
+        "--out",
+        "r.json",
+    )
+    assert missing.exit_code == 1
+    assert "no folder at" in missing.text

@@ -1,8 +1,9 @@
 """``seg demo``: every available method on a small synthetic world, evaluated, with an HTML report.
 
 It first shows what the installed packages provide (probed in :mod:`seg_cli.probes`), then generates a cached
-validation split of the synthetic world with a seed the bundled reference CLIP never saw, runs MaskCLIP and the
-naive dense-CLIP baseline (each method issue adds its own), evaluates them, prints the table and writes
+validation split of the synthetic world with a seed the bundled reference CLIP never saw, runs every method whose
+model code has landed (MaskCLIP, the naive dense-CLIP baseline, ReCo, ReCo+; each method issue adds its own),
+evaluates them, prints the table and writes
 ``report.html`` and ``results.json``.
 """
 
@@ -71,15 +72,21 @@ def demo(
     num: Annotated[int, typer.Option("--num", "-n", min=4, help="Evaluation images.")] = 100,
     seed: Annotated[int, typer.Option("--seed", min=0, help="World seed (the reference CLIP trained on 0).")] = 1000,
     model: Annotated[
-        str | None, typer.Option("--model", help="CLIP source (default: the bundled reference synthetic CLIP).")
+        str | None,
+        typer.Option(
+            "--model",
+            help="CLIP source of the CLIP-only methods (default: the bundled reference synthetic CLIP); the other "
+            "methods use their bundled synthetic-world models.",
+        ),
     ] = None,
     status: Annotated[bool, typer.Option("--status/--no-status", help="Show what the install provides.")] = True,
 ) -> None:
     """Run every available method on a small synthetic world, evaluate, and write a report.
 
     Generates (and caches) a validation split of the synthetic world with a seed the reference CLIP never saw,
-    segments it with each available method (MaskCLIP and the naive dense-CLIP baseline so far; each method issue
-    adds its own), prints the results table and writes OUT/report.html (table and overlays) and OUT/results.json.
+    segments it with each available method (MaskCLIP, the naive dense-CLIP baseline, ReCo and ReCo+ so far; each
+    method issue adds its own), prints the results table and writes OUT/report.html (table and overlays) and
+    OUT/results.json.
     """
     console = stdout_console()
     if status:
@@ -94,7 +101,7 @@ def run_demo(*, out: Path, num: int, seed: int, model: str | None, overlays: int
     import numpy as np
 
     from seg_cli.report import ReportRow, write_report
-    from seg_cli.segmenters import CLIP_METHODS, build_segmenter
+    from seg_cli.segmenters import AVAILABLE_METHODS, CLIP_METHODS, build_segmenter
     from seg_eval.evaluator import evaluate, image_to_tensor, write_results
     from seg_eval.presets import get_preset
     from seg_eval.world import CLASSES, STUFF_NAMES, THING_NAMES, WorldConfig, generate_split
@@ -105,7 +112,9 @@ def run_demo(*, out: Path, num: int, seed: int, model: str | None, overlays: int
     world_dir = out / "world"
     preset = get_preset("synthetic")
     try:  # load every model before any work, so a missing model fails at once
-        segmenters = [build_segmenter(method, model, preset) for method in CLIP_METHODS]
+        segmenters = [
+            build_segmenter(method, model if method in CLIP_METHODS else None, preset) for method in AVAILABLE_METHODS
+        ]
     except FileNotFoundError as error:
         errors.print(f"[bold red]seg demo:[/] {error}")
         raise typer.Exit(code=1) from None

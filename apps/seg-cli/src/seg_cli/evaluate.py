@@ -69,7 +69,11 @@ def evaluate(
     except (DatasetLayoutError, ConfigError, ValueError) as error:
         stderr_console().print(f"[bold red]seg eval:[/] {error}")
         raise typer.Exit(code=1) from None
-    built = build_segmenter(method, model, protocol)
+    try:
+        built = build_segmenter(method, model, protocol)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        stderr_console().print(f"[bold red]seg eval:[/] {error}")
+        raise typer.Exit(code=1) from None
     total = len(data) if limit is None else min(limit, len(data))
     with progress_bar(f"[bold]{method}[/] on {data_name}", total) as update:
         try:

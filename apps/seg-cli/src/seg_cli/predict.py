@@ -12,8 +12,8 @@ from seg_cli.methods import METHOD_NAMES, validate_method
 from seg_cli.params import parse_concept_names, validate_concept_names
 
 if TYPE_CHECKING:
+    from seg_cli.segmenters import ModelGeometry
     from seg_core import ProtocolPreset
-    from seg_models.clip import ClipModel
 
 __all__ = ["predict"]
 
@@ -74,11 +74,15 @@ def _predict(images: list[Path], *, method: str, names: tuple[str, ...], model: 
 
     from seg_cli.report import class_colors, legend_image, overlay
     from seg_cli.segmenters import build_segmenter
-    from seg_core import ConceptSet
+    from seg_core import ConceptSet, ConfigError
     from seg_eval.evaluator import image_to_tensor
 
     concepts = ConceptSet(names=names, templates="imagenet85")
-    built = build_segmenter(method, model, _predict_preset)
+    try:
+        built = build_segmenter(method, model, _predict_preset)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        stderr_console().print(f"[bold red]seg predict:[/] {error}")
+        raise typer.Exit(code=1) from None
     colors = class_colors(len(names))
     out.mkdir(parents=True, exist_ok=True)
     console, errors = stdout_console(), stderr_console()
@@ -112,7 +116,7 @@ def _predict(images: list[Path], *, method: str, names: tuple[str, ...], model: 
     return failures
 
 
-def _predict_preset(clip: ClipModel) -> ProtocolPreset:
+def _predict_preset(clip: ModelGeometry) -> ProtocolPreset:
     """Resize the short side to 448 px (the model's own size for small models trained on small images) and slide
     windows of the model's training size with half overlap."""
     from seg_core import ProtocolPreset, ResizeRule, SlidingWindow

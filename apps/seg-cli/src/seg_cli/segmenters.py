@@ -3,25 +3,58 @@
 One place maps method names to model code, so ``seg eval``, ``seg predict`` and ``seg demo`` agree. A method whose
 model code has not landed yet is a clear "not available" (exit 2), never a stand-in.
 
-Model sources for the CLIP-based methods: ``None`` (the bundled reference synthetic-world CLIP), ``local-dir:PATH``,
-``hf-hub:org/name``, or an open_clip ``NAME/TAG`` such as ``ViT-B-16/openai`` (downloads with internet).
+Model sources:
+
+- CLIP-based methods (``maskclip``, ``dense-clip``): ``None`` (the bundled reference synthetic-world CLIP),
+  ``local-dir:PATH``, ``hf-hub:org/name``, or an open_clip ``NAME/TAG`` such as ``ViT-B-16/openai``.
+- ``reco``: ``None`` (the bundled synthetic-world ReCo model) or ``local-dir:PATH`` / ``PATH`` of a folder written by
+  ``seg train reco``; the CLIP it names in ``reco.json`` is loaded as above.
+- ``reco-plus``: ``None`` (the bundled synthetic-world ReCo+ model) or a folder written by ``seg train reco-plus``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from seg_cli.unavailable import not_available
 
 if TYPE_CHECKING:
-    from seg_core import ProtocolPreset, Segmenter
+    from seg_core import Normalization, ProtocolPreset, Segmenter
     from seg_models.clip import ClipModel
 
-__all__ = ["BuiltSegmenter", "build_segmenter", "default_model", "ensure_available", "load_clip_source"]
+__all__ = [
+    "AVAILABLE_METHODS",
+    "BuiltSegmenter",
+    "ModelGeometry",
+    "build_segmenter",
+    "default_model",
+    "ensure_available",
+    "load_clip_source",
+]
 
 CLIP_METHODS = {"maskclip": "maskclip", "dense-clip": "naive"}
+BUNDLED_DEFAULTS = {"reco": "reco-synthetic", "reco-plus": "reco-plus-synthetic"}
+AVAILABLE_METHODS: tuple[str, ...] = (*CLIP_METHODS, "reco", "reco-plus")
+"""Methods whose model code has landed, in the order ``seg demo`` runs them."""
+
+
+class ModelGeometry(Protocol):
+    """What a preset function may read from a loaded model: its training size and pixel normalisation."""
+
+    @property
+    def image_size(self) -> tuple[int, int]: ...
+
+    @property
+    def normalization(self) -> Normalization: ...
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    image_size: tuple[int, int]
+    normalization: Normalization
 
 
 @dataclass(frozen=True)
@@ -39,6 +72,8 @@ def default_model(method: str) -> str:
         from seg_zoo.bundled import REFERENCE_CLIP
 
         return f"bundled:{REFERENCE_CLIP}"
+    if method in BUNDLED_DEFAULTS:
+        return f"bundled:{BUNDLED_DEFAULTS[method]}"
     return "default"
 
 
@@ -57,21 +92,45 @@ def load_clip_source(model: str | None) -> tuple[ClipModel, str]:
     return load_clip(name, tag or None), model
 
 
+def model_folder(method: str, model: str | None) -> tuple[Path, str]:
+    """The folder of a folder-based model (``reco``, ``reco-plus``) and the name to record.
+
+    ``None`` or ``bundled:NAME`` is a model shipped in seg-zoo; ``local-dir:PATH`` or a plain path is a folder.
+    """
+    if model is None or model.startswith("bundled:"):
+        from seg_zoo.bundled import bundled_model_dir
+
+        name = BUNDLED_DEFAULTS[method] if model is None else model.removeprefix("bundled:")
+        return bundled_model_dir(name), f"bundled:{name}"
+    if model.startswith("hf-hub:"):
+        raise ValueError(
+            f"--model {model}: {method} models are not on the Hub yet; pass a folder written by `seg train {method}`"
+        )
+    folder = Path(model.removeprefix("local-dir:")).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"--model {model}: no folder at {folder}; pass a folder written by `seg train {method}`"
+        )
+    return folder, model
+
+
 def ensure_available(method: str, command: str) -> None:
     """Exit 2 with a clear message when ``method``'s model code has not landed (before any work is done)."""
-    if method not in CLIP_METHODS:
+    if method not in AVAILABLE_METHODS:
         not_available(f"{command} --method {method}", f"the {method} issue (its model code in seg-models)")
 
 
 def build_segmenter(
-    method: str, model: str | None, preset: ProtocolPreset | Callable[[ClipModel], ProtocolPreset]
+    method: str, model: str | None, preset: ProtocolPreset | Callable[[ModelGeometry], ProtocolPreset]
 ) -> BuiltSegmenter:
     """The segmenter of ``method`` with weights from ``model`` under ``preset``.
 
-    ``preset`` may be a function of the loaded CLIP (e.g. windows of its training size).
+    ``preset`` may be a function of the loaded model's geometry (e.g. windows of its training size).
 
     Raises:
         typer.Exit: (code 2) the method's model code is not available yet.
+        FileNotFoundError: the model folder does not exist.
+        seg_core.ConfigError: the folder holds another method's model.
     """
     if method in CLIP_METHODS:
         from seg_models.maskclip import MaskCLIPSegmenter
@@ -80,5 +139,20 @@ def build_segmenter(
         protocol = preset(clip) if callable(preset) else preset
         segmenter = MaskCLIPSegmenter(clip, protocol, variant=CLIP_METHODS[method])  # type: ignore[arg-type]
         return BuiltSegmenter(segmenter, method, recorded)
+    if method == "reco":
+        from seg_trainers.reco import load_reco, read_reco_info
+
+        folder, recorded = model_folder(method, model)
+        clip, _ = load_clip_source(str(read_reco_info(folder)["clip"]))
+        protocol = preset(clip) if callable(preset) else preset
+        return BuiltSegmenter(load_reco(folder, clip, protocol), method, recorded)
+    if method == "reco-plus":
+        from seg_trainers.reco import load_reco_plus, read_reco_plus_info
+
+        folder, recorded = model_folder(method, model)
+        info = read_reco_plus_info(folder)
+        geometry = _Geometry(info.image_size, info.normalization)
+        protocol = preset(geometry) if callable(preset) else preset
+        return BuiltSegmenter(load_reco_plus(folder, protocol), method, recorded)
     ensure_available(method, "seg")
     raise AssertionError(f"method {method!r} is available but has no builder")

@@ -1,14 +1,18 @@
 """``seg train``: train one method with its recipe from seg-trainers."""
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from seg_cli.console import progress_bar, stderr_console, stdout_console
 from seg_cli.methods import METHOD_NAMES, validate_method
 from seg_cli.unavailable import not_available
 
-__all__ = ["train"]
+__all__ = ["TRAINABLE_METHODS", "train"]
+
+TRAINABLE_METHODS = ("reco", "reco-plus")
+"""Methods with a recipe ``seg train`` can run."""
 
 
 def train(
@@ -33,9 +37,79 @@ def train(
             "--out", "-o", help="Run folder for checkpoints and logs (default: runs/METHOD).", file_okay=False
         ),
     ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the newest checkpoint in the run folder.")
+    ] = False,
 ) -> None:
-    """Train METHOD with its recipe. [yellow](not available yet)[/]"""
-    not_available(
-        f"seg train {method}",
-        "seg-trainers (one recipe per method) running on the seg-train engine",
+    """Train METHOD with its recipe and write a model folder that `seg eval --model` takes.
+
+    reco: retrieve archives for every concept from the synthetic world's unlabelled split, co-segment them into
+    reference embeddings (no gradient steps). reco-plus: pseudo-label the target images with a ReCo model and train a
+    DeepLabv3+ on them.
+    """
+    if method not in TRAINABLE_METHODS:
+        not_available(f"seg train {method}", f"the {method} issue (its recipe in seg-trainers)")
+    from seg_core import ConfigError
+
+    run_dir = out if out is not None else Path("runs") / method
+    try:
+        model_dir = _train_reco(config, run_dir) if method == "reco" else _train_reco_plus(config, run_dir, resume)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        stderr_console().print(f"[bold red]seg train {method}:[/] {error}")
+        raise typer.Exit(code=1) from None
+    stdout_console().print(
+        f"{method}: model written to {model_dir}; evaluate it with "
+        f"`seg eval --method {method} --model local-dir:{model_dir} --dataset DIR --out results.json`"
     )
+
+
+def _stage_bars() -> Any:
+    """A ``progress(stage, done, total)`` callback showing one bar per stage."""
+    from contextlib import ExitStack
+
+    stack = ExitStack()
+    bars: dict[str, Any] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            bars[stage] = stack.enter_context(progress_bar(stage, total))
+        bars[stage](done, total)
+
+    return stack, progress
+
+
+def _train_reco(config: Path | None, run_dir: Path) -> Path:
+    from seg_cli.segmenters import load_clip_source
+    from seg_trainers.reco import ReCoRecipe, build_reco
+
+    recipe = ReCoRecipe() if config is None else ReCoRecipe.load(config)
+    clip, recorded = load_clip_source(recipe.clip)
+    stack, progress = _stage_bars()
+    with stack:
+        run = build_reco(recipe, clip, run_dir, clip_source=recorded, progress=progress)
+    purity = run.purity.get("<mean>", {})
+    stdout_console().print(
+        f"archives: {len(run.archive.concepts)} concepts x {recipe.k} images, mean purity "
+        + ", ".join(f"P@{k} {value:.2f}" for k, value in sorted(purity.items()))
+    )
+    return run.model_dir
+
+
+def _train_reco_plus(config: Path | None, run_dir: Path, resume: bool) -> Path:
+    from seg_cli.segmenters import load_clip_source, model_folder
+    from seg_core import ConceptSet
+    from seg_eval.presets import get_preset
+    from seg_trainers.reco import ReCoPlusRecipe, load_reco, read_reco_info, train_reco_plus
+
+    recipe = ReCoPlusRecipe() if config is None else ReCoPlusRecipe.load(config)
+    folder, _ = model_folder("reco", recipe.reco_model)
+    info = read_reco_info(folder)
+    clip, _ = load_clip_source(str(info["clip"]))
+    reco = load_reco(folder, clip, get_preset("synthetic"))
+    concepts = ConceptSet(names=reco.references.names, templates=info["recipe"].get("templates", "imagenet85"))
+    stack, progress = _stage_bars()
+    with stack:
+        run = train_reco_plus(
+            recipe, reco, concepts, run_dir, resume=resume, log=stdout_console().print, progress=progress
+        )
+    return run.model_dir

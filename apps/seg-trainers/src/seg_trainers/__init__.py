@@ -1,13 +1,14 @@
 """seg-trainers: Per-method training recipes of seg.
 
-Status: ``clip`` (the reference synthetic-world CLIP recipe) is available; the other modules are skeletons that
+Available: ``clip`` (the reference synthetic-world CLIP recipe) and ``reco`` (ReCo: retrieval + co-segmentation into
+reference embeddings; ReCo+: a DeepLabv3+ trained on ReCo's pseudo-labels). The other modules are skeletons that
 exist so the package map is complete and installable, each empty until the issue named beside it lands (see
 docs/architecture.md):
 
     seg_trainers.clip: Training the reference synthetic-world CLIP from scratch (CLIP/MaskCLIP issue).
+    seg_trainers.reco: ReCo and ReCo+ recipes, model folders and their loaders (ReCo issue).
     seg_trainers.groupvit: GroupViT and PGSeg recipes (GroupViT/PGSeg issue).
     seg_trainers.simcon: MV-SimCon recipe (MV-SimCon issue).
-    seg_trainers.reco: ReCo+ recipe (a segmenter trained on ReCo pseudo-labels) (ReCo issue).
     seg_trainers.zutis: ZUTIS recipe (ZUTIS issue).
     seg_trainers.reclip: ReCLIP++ rectification and distillation recipes (ReCLIP++ issue).
 """
@@ -17,7 +18,6 @@ from seg_trainers.__about__ import __version__
 SKELETON_MODULES: tuple[str, ...] = (
     "groupvit",
     "simcon",
-    "reco",
     "zutis",
     "reclip",
 )

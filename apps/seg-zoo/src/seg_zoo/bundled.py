@@ -4,6 +4,11 @@
 open_clip ``local-dir:`` folder with fp16 safetensors weights and ``training.json`` (recipe, data seed and the
 metrics it reached on a world seed it never saw). It is the default model of ``seg demo``, ``seg eval`` and
 ``seg predict`` for the CLIP-based methods. Regenerate it with ``python tools/train_reference_clip.py``.
+
+``reco-synthetic``: ReCo's reference embeddings of the world's 21 classes, retrieved and co-segmented from the
+``index`` split of world seed 0 with the reference CLIP (``reco.json`` names it). ``reco-plus-synthetic``: the
+DeepLabv3+ trained on that model's pseudo-labels (``seg_trainers.reco``). Regenerate both with
+``python tools/train_reference_reco.py``.
 """
 
 from __future__ import annotations
@@ -13,14 +18,33 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BUNDLED_MODELS", "REFERENCE_CLIP", "bundled_model_dir", "bundled_model_info"]
+__all__ = [
+    "BUNDLED_MODELS",
+    "REFERENCE_CLIP",
+    "REFERENCE_RECO",
+    "REFERENCE_RECO_PLUS",
+    "bundled_model_dir",
+    "bundled_model_info",
+]
 
 REFERENCE_CLIP = "synthetic-clip"
-BUNDLED_MODELS: tuple[str, ...] = (REFERENCE_CLIP,)
+REFERENCE_RECO = "reco-synthetic"
+REFERENCE_RECO_PLUS = "reco-plus-synthetic"
+_MARKERS = {
+    REFERENCE_CLIP: "open_clip_config.json",
+    REFERENCE_RECO: "reco.json",
+    REFERENCE_RECO_PLUS: "reco_plus.json",
+}
+_REGENERATE = {
+    REFERENCE_CLIP: "python tools/train_reference_clip.py",
+    REFERENCE_RECO: "python tools/train_reference_reco.py",
+    REFERENCE_RECO_PLUS: "python tools/train_reference_reco.py",
+}
+BUNDLED_MODELS: tuple[str, ...] = tuple(_MARKERS)
 
 
 def bundled_model_dir(name: str = REFERENCE_CLIP) -> Path:
-    """The folder of a bundled model (pass it to ``load_clip(f"local-dir:{folder}")``).
+    """The folder of a bundled model (for the CLIP: pass it to ``load_clip(f"local-dir:{folder}")``).
 
     Raises:
         KeyError: ``name`` is not a bundled model.
@@ -29,10 +53,10 @@ def bundled_model_dir(name: str = REFERENCE_CLIP) -> Path:
     if name not in BUNDLED_MODELS:
         raise KeyError(f"no bundled model {name!r}; bundled: {', '.join(BUNDLED_MODELS)}")
     folder = Path(str(resources.files("seg_zoo") / "bundled" / name))
-    if not (folder / "open_clip_config.json").is_file():
+    if not (folder / _MARKERS[name]).is_file():
         raise FileNotFoundError(
             f"the bundled model {name!r} is missing from {folder}; reinstall seg-zoo, or train it with "
-            "`python tools/train_reference_clip.py` in a checkout of seg"
+            f"`{_REGENERATE[name]}` in a checkout of seg"
         )
     return folder
 

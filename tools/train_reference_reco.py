@@ -1,0 +1,129 @@
+"""Build the reference ReCo and ReCo+ models of the synthetic world, evaluate them, and bundle them into seg-zoo.
+
+    python tools/train_reference_reco.py [--run runs/reco-ref] [--steps 3000] [--seeds 0 1 2] [--num-images 300]
+
+1. ReCo: the default :class:`seg_trainers.reco.ReCoRecipe` (archives of k=50 from 3000 ``index`` images of world
+   seed 0, retrieved and co-segmented with the bundled reference CLIP) -> ``RUN/reco/model``.
+2. ReCo+: the default :class:`seg_trainers.reco.ReCoPlusRecipe` (ReCo pseudo-labels of 2000 ``test`` images of
+   world seed 0, a small DeepLabv3+ trained from scratch), once per training seed -> ``RUN/reco-plus-seedS/model``.
+3. Evaluation on world seed 1000 (``val``, never used to build or tune anything): MaskCLIP, ReCo and each ReCo+
+   seed, mIoU / thing / stuff; mean and spread over the ReCo+ seeds.
+4. Bundles ReCo and the first seed's ReCo+ (fp16) with ``training.json`` (recipe, metrics) into
+   ``apps/seg-zoo/src/seg_zoo/bundled/{reco-synthetic,reco-plus-synthetic}`` and writes the metrics to
+   ``RUN/report.json``. The numbers go into ``docs/methods/reco.md`` by hand.
+
+Interrupted runs resume: the embedding store, the pseudo-labels and the ReCo+ checkpoints are kept in ``RUN``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from seg_core import ConceptSet
+from seg_eval.evaluator import evaluate
+from seg_eval.presets import get_preset
+from seg_eval.world import STUFF_NAMES, THING_NAMES, WorldConfig
+from seg_eval.world.benchmark import RenderedWorldBenchmark
+from seg_models.clip import load_clip
+from seg_models.maskclip import MaskCLIPSegmenter
+from seg_trainers.reco import ReCoPlusRecipe, ReCoRecipe, build_reco, load_reco, load_reco_plus, train_reco_plus
+from seg_zoo.bundled import REFERENCE_CLIP, bundled_model_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLED = ROOT / "apps" / "seg-zoo" / "src" / "seg_zoo" / "bundled"
+
+
+def _scores(segmenter: Any, dataset: RenderedWorldBenchmark, name: str) -> dict[str, Any]:
+    preset = get_preset("synthetic")
+    metrics = evaluate(segmenter, dataset, preset=preset, method=name, model=name, dataset_name="synthetic").metrics
+    return {
+        "mIoU": metrics.miou,
+        "thing_mIoU": metrics.miou_over(THING_NAMES),
+        "stuff_mIoU": metrics.miou_over(STUFF_NAMES),
+        "pixel_accuracy": metrics.pixel_accuracy,
+        "per_class_iou": dict(metrics.per_class_iou),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, default=ROOT / "runs" / "reco-ref")
+    parser.add_argument("--steps", type=int, default=3000, help="ReCo+ training steps")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="ReCo+ training seeds")
+    parser.add_argument("--num-images", type=int, default=300, help="evaluation images of world seed 1000")
+    parser.add_argument("--eval-seed", type=int, default=1000)
+    args = parser.parse_args()
+    started = time.time()
+    clip_source = f"bundled:{REFERENCE_CLIP}"
+    clip = load_clip(f"local-dir:{bundled_model_dir(REFERENCE_CLIP)}")
+    preset = get_preset("synthetic")
+
+    reco_recipe = ReCoRecipe()
+    reco_run = build_reco(reco_recipe, clip, args.run / "reco", clip_source=clip_source)
+    print(f"reco built in {reco_run.seconds}", flush=True)
+    reco = load_reco(reco_run.model_dir, clip, preset)
+    concepts = ConceptSet(names=reco.references.names, templates=reco_recipe.templates)
+
+    plus_runs = []
+    for seed in args.seeds:
+        recipe = ReCoPlusRecipe()
+        recipe = recipe.model_copy(
+            update={"train": recipe.train.model_copy(update={"max_steps": args.steps, "seed": seed})}
+        )
+        run_dir = args.run / f"reco-plus-seed{seed}"
+        resume = (run_dir / "checkpoints").is_dir()
+        plus_runs.append((seed, recipe, train_reco_plus(recipe, reco, concepts, run_dir, resume=resume, log=print)))
+
+    dataset = RenderedWorldBenchmark(WorldConfig(seed=args.eval_seed), "val", args.num_images)
+    report: dict[str, Any] = {
+        "eval": {"world_seed": args.eval_seed, "split": "val", "num_images": args.num_images, "preset": "synthetic"},
+        "maskclip": _scores(MaskCLIPSegmenter(clip, preset), dataset, "maskclip"),
+        "reco": _scores(reco, dataset, "reco"),
+        "reco_purity": reco_run.purity,
+        "reco_plus": {},
+    }
+    for seed, _, run in plus_runs:
+        report["reco_plus"][str(seed)] = _scores(load_reco_plus(run.model_dir, preset), dataset, "reco-plus")
+    for key in ("mIoU", "thing_mIoU", "stuff_mIoU"):
+        values = [scores[key] for scores in report["reco_plus"].values()]
+        report[f"reco_plus_{key}_mean"] = statistics.fmean(values)
+        report[f"reco_plus_{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    report["seconds"] = time.time() - started
+    (args.run / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    reco_bundle = BUNDLED / "reco-synthetic"
+    shutil.rmtree(reco_bundle, ignore_errors=True)
+    shutil.copytree(reco_run.model_dir, reco_bundle)
+    reco_info = {
+        "recipe": reco_recipe.model_dump(mode="json"),
+        "train_world_seed": reco_recipe.world.seed,
+        "eval": report["eval"] | {"reco": report["reco"], "maskclip": report["maskclip"]},
+        "purity": reco_run.purity,
+    }
+    (reco_bundle / "training.json").write_text(json.dumps(reco_info, indent=2) + "\n")
+
+    seed, recipe, run = plus_runs[0]
+    plus_bundle = BUNDLED / "reco-plus-synthetic"
+    shutil.rmtree(plus_bundle, ignore_errors=True)
+    shutil.copytree(run.model_dir, plus_bundle)
+    plus_info = {
+        "recipe": recipe.model_dump(mode="json"),
+        "train_world_seed": recipe.world.seed,
+        "train_seed": seed,
+        "steps": run.result.final_step,
+        "eval": report["eval"] | {"reco_plus": report["reco_plus"][str(seed)], "reco": report["reco"]},
+    }
+    (plus_bundle / "training.json").write_text(json.dumps(plus_info, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if not isinstance(v, dict)}, indent=2))
+    summary = {name: report[name]["mIoU"] for name in ("maskclip", "reco")}
+    print(f"mIoU on world seed {args.eval_seed}: {summary}; reco+ {report['reco_plus_mIoU_mean']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
