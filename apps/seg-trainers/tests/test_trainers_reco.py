@@ -136,7 +136,23 @@ def test_make_pseudo_labels_refuses_too_many_labels(clip: ClipModel, reco_dir: P
 def test_recipe_errors_name_the_field() -> None:
     with pytest.raises(ConfigError, match="colection_size"):
         ReCoRecipe.parse({"colection_size": 10})
-    with pytest.raises(ConfigError, match=r"^k"):
+    with pytest.raises(ConfigError, match=r"\n  k: Input should be greater than 0"):
         ReCoRecipe.parse({"k": 0})
     with pytest.raises(ConfigError, match="batch_size"):
         ReCoPlusRecipe.parse({"batch_size": 0})
+
+
+class _AllSecond:
+    """A refiner that puts every pixel on label 1 (to see that refined probabilities decide the pseudo-labels)."""
+
+    def refine(self, images: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
+        refined = torch.zeros_like(probabilities)
+        refined[:, 1] = 1.0
+        return refined
+
+
+def test_pseudo_labels_take_the_refined_probabilities(clip: ClipModel, reco_dir: Path) -> None:
+    images = WorldImages(WorldConfig(), "val", 2)
+    labels = make_pseudo_labels(load_reco(reco_dir, clip), images, ConceptSet(names=CONCEPTS), refiner=_AllSecond())
+    assert labels.shape == (2, 64, 64)
+    assert (labels == 1).all()

@@ -45,6 +45,7 @@ from seg_core import (
     Archive,
     ConceptSet,
     ConfigError,
+    MaskRefiner,
     MethodConfig,
     Normalization,
     ProtocolPreset,
@@ -69,6 +70,7 @@ from seg_models.reco import (
     load_reference_embeddings,
     save_reference_embeddings,
 )
+from seg_models.refiners import make_refiner
 from seg_retrieval.curate import archive_purity, curate_archive, save_archive
 from seg_retrieval.index import IndexConfig, build_index
 from seg_retrieval.store import EmbeddingStore, embed_collection
@@ -447,16 +449,21 @@ def make_pseudo_labels(
     concepts: ConceptSet,
     *,
     batch_size: int = 32,
+    refiner: MaskRefiner | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> npt.NDArray[np.uint8]:
-    """``[N, H, W]`` argmax label maps of ``segmenter`` over ``images`` (label ids into ``concepts.label_names``)."""
+    """``[N, H, W]`` argmax label maps of ``segmenter`` over ``images`` (label ids into ``concepts.label_names``).
+
+    With ``refiner`` (e.g. the dense CRF) the segmenter's probabilities are refined before the argmax.
+    """
     if concepts.num_labels > 255:
         raise ValueError(f"pseudo-labels are stored as uint8; {concepts.num_labels} labels do not fit (max 255)")
     maps: list[npt.NDArray[np.uint8]] = []
     for start in range(0, len(images), batch_size):
         stop = min(start + batch_size, len(images))
         batch = torch.stack([images.pixels(i) for i in range(start, stop)])
-        labels = segmenter.segment(batch, concepts).labels
+        output = segmenter.segment(batch, concepts)
+        labels = output.labels if refiner is None else refiner.refine(batch, output.probabilities).argmax(dim=1)
         maps.append(labels.to("cpu", torch.uint8).numpy())
         if progress is not None:
             progress(stop, len(images))
@@ -547,7 +554,11 @@ def train_reco_plus(
             )
     else:
         labels = make_pseudo_labels(
-            reco, images, concepts, progress=None if progress is None else _stage(progress, "pseudo-label")
+            reco,
+            images,
+            concepts,
+            refiner=make_refiner("crf") if recipe.pseudo_label_crf else None,
+            progress=None if progress is None else _stage(progress, "pseudo-label"),
         )
         tmp = out / "pseudo_labels.tmp.npy"
         np.save(tmp, labels)
