@@ -269,6 +269,10 @@ def test_dry_run_writes_nothing(repo: Path, release: Run) -> None:
 
 
 def test_allow_empty_releases_an_empty_section(repo: Path, release: Run) -> None:
+    changelog = folder(repo, "seg-train") / "CHANGELOG.md"
+    head, _, rest = changelog.read_text().partition("## Unreleased\n")
+    # Empty the Unreleased section (the real one may hold entries): this test is about releasing nothing.
+    changelog.write_text(head + "## Unreleased\n\n" + rest[rest.index("## ") :])
     code, _, _ = release(repo, "bump", "seg-train", "patch", "--allow-empty", "--date", DATE)
     assert code == 0
     major, minor, patch = version_of(repo, "seg-train")
