@@ -65,7 +65,7 @@ def test_eval_reco_and_reco_plus_with_their_bundled_models(
         record = json.loads(out.read_text())
         assert record["method"] == method
         assert record["model"] == f"bundled:{method}-synthetic"
-        assert 0.0 < record["metrics"]["miou"] <= 1.0
+        assert 0.0 < record["metrics"]["mIoU"] <= 1.0
 
 
 def test_eval_with_another_methods_model_folder_is_a_clear_error(
