@@ -335,10 +335,13 @@ class ConceptEmbeddings:
                 f"got {tuple(features.shape)}"
             )
         text = self.embeddings.to(device=features.device, dtype=features.dtype)
-        row_scores = torch.einsum("bdhw,kd->bkhw", F.normalize(features, dim=1), text)
+        return self.reduce_rows(torch.einsum("bdhw,kd->bkhw", F.normalize(features, dim=1), text))
+
+    def reduce_rows(self, row_scores: Tensor) -> Tensor:
+        """``[B, K, ...]`` scores per text row -> ``[B, T, ...]`` per text label (the maximum over a label's rows)."""
         if len(set(self.row_labels)) == len(self.row_labels):
             return row_scores
-        rows = torch.tensor(self.row_labels, device=features.device)
+        rows = torch.tensor(self.row_labels, device=row_scores.device)
         return torch.stack([row_scores[:, rows == label].amax(dim=1) for label in self.text_labels], dim=1)
 
 

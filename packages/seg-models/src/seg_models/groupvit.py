@@ -1093,13 +1093,7 @@ class GroupViTSegmenter:
         rows = text.embeddings.to(device=group_embeddings.device, dtype=group_embeddings.dtype)
         group_scores = group_class_scores(group_embeddings, image_embeddings, rows, logit_scale, top_k=self.top_k)
         row_scores = pixel_class_scores(group_map, group_scores)
-        if len(set(text.row_labels)) == len(text.row_labels):
-            label_scores = row_scores
-        else:  # several background names: label 0 takes the best of its rows
-            row_labels = torch.tensor(text.row_labels, device=row_scores.device)
-            label_scores = torch.stack(
-                [row_scores[:, row_labels == label].amax(dim=1) for label in text.text_labels], dim=1
-            )
+        label_scores = text.reduce_rows(row_scores)  # several background names: label 0 takes their best
         background = concepts.background
         if background.kind != "threshold":
             return label_scores

@@ -388,7 +388,7 @@ class ReCoSegmenter:
         height, width = int(images.shape[-2]), int(images.shape[-1])
         features = F.normalize(self.backbone(images), dim=1)
         coseg = torch.sigmoid(torch.einsum("bdhw,kd->bkhw", features, references.to(features)))
-        coseg = _reduce_rows(coseg, text)
+        coseg = text.reduce_rows(coseg)
         coseg = _crop_upsample(coseg, self.backbone.stride, (height, width))
         if not self.options.dense_clip:
             return coseg
@@ -414,14 +414,6 @@ class ReCoSegmenter:
         maps = infer(lambda batch: self.probability_maps(batch, text, references), images, self.preset)
         output = segmentation_from_similarities(maps, concepts, logit_scale=self.preset.logit_scale)
         return refine_output(output, images, self.preset, self.refiner)
-
-
-def _reduce_rows(scores: Tensor, text: ConceptEmbeddings) -> Tensor:
-    """``[B, K, h, w]`` per text row -> ``[B, T, h, w]`` per text label (maximum over a label's rows)."""
-    if len(set(text.row_labels)) == len(text.row_labels):
-        return scores
-    rows = torch.tensor(text.row_labels, device=scores.device)
-    return torch.stack([scores[:, rows == label].amax(dim=1) for label in text.text_labels], dim=1)
 
 
 def _crop_upsample(maps: Tensor, stride: tuple[int, int], size: tuple[int, int]) -> Tensor:
