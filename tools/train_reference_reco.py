@@ -6,8 +6,10 @@
    seed 0, retrieved and co-segmented with the bundled reference CLIP) -> ``RUN/reco/model``.
 2. ReCo+: the default :class:`seg_trainers.reco.ReCoPlusRecipe` (ReCo pseudo-labels of 2000 ``test`` images of
    world seed 0, a small DeepLabv3+ trained from scratch), once per training seed -> ``RUN/reco-plus-seedS/model``.
-3. Evaluation on world seed 1000 (``val``, never used to build or tune anything): MaskCLIP, ReCo and each ReCo+
-   seed, mIoU / thing / stuff; mean and spread over the ReCo+ seeds.
+3. Evaluation of MaskCLIP, ReCo and each ReCo+ seed (mIoU / thing / stuff; mean and spread over the ReCo+ seeds)
+   on two kinds of data: ``held_out`` -- world seeds 1000-1002 (``val``, never used to build or tune anything),
+   averaged over the worlds -- and ``target`` -- the first images of the ``test`` split of world seed 0, the
+   images whose pseudo-labels ReCo+ was trained on (their ground truth is used only here, to score).
 4. Bundles ReCo and the first seed's ReCo+ (fp16) with ``training.json`` (recipe, metrics) into
    ``apps/seg-zoo/src/seg_zoo/bundled/{reco-synthetic,reco-plus-synthetic}`` and writes the metrics to
    ``RUN/report.json``. The numbers go into ``docs/methods/reco.md`` by hand.
@@ -51,13 +53,18 @@ def _scores(segmenter: Any, dataset: RenderedWorldBenchmark, name: str) -> dict[
     }
 
 
+def _mean_classes(per_world: list[dict[str, Any]]) -> dict[str, float]:
+    names = per_world[0]["per_class_iou"].keys()
+    return {name: statistics.fmean(world["per_class_iou"][name] for world in per_world) for name in names}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "reco-ref")
     parser.add_argument("--steps", type=int, default=3000, help="ReCo+ training steps")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="ReCo+ training seeds")
-    parser.add_argument("--num-images", type=int, default=300, help="evaluation images of world seed 1000")
-    parser.add_argument("--eval-seed", type=int, default=1000)
+    parser.add_argument("--num-images", type=int, default=300, help="evaluation images per world")
+    parser.add_argument("--eval-seeds", type=int, nargs="+", default=[1000, 1001, 1002], help="held-out worlds")
     args = parser.parse_args()
     started = time.time()
     clip_source = f"bundled:{REFERENCE_CLIP}"
@@ -80,20 +87,36 @@ def main() -> None:
         resume = (run_dir / "checkpoints").is_dir()
         plus_runs.append((seed, recipe, train_reco_plus(recipe, reco, concepts, run_dir, resume=resume, log=print)))
 
-    dataset = RenderedWorldBenchmark(WorldConfig(seed=args.eval_seed), "val", args.num_images)
-    report: dict[str, Any] = {
-        "eval": {"world_seed": args.eval_seed, "split": "val", "num_images": args.num_images, "preset": "synthetic"},
-        "maskclip": _scores(MaskCLIPSegmenter(clip, preset), dataset, "maskclip"),
-        "reco": _scores(reco, dataset, "reco"),
-        "reco_purity": reco_run.purity,
-        "reco_plus": {},
+    plus_recipe = plus_runs[0][1]
+    eval_sets: dict[str, list[RenderedWorldBenchmark]] = {
+        "held_out": [RenderedWorldBenchmark(WorldConfig(seed=s), "val", args.num_images) for s in args.eval_seeds],
+        "target": [RenderedWorldBenchmark(plus_recipe.world, plus_recipe.split, args.num_images)],
     }
+    report: dict[str, Any] = {
+        "eval": {
+            "held_out": {"world_seeds": args.eval_seeds, "split": "val", "num_images": args.num_images},
+            "target": {"world_seed": plus_recipe.world.seed, "split": plus_recipe.split, "num_images": args.num_images},
+            "preset": "synthetic",
+        },
+        "reco_purity": reco_run.purity,
+    }
+    models: dict[str, Any] = {"maskclip": MaskCLIPSegmenter(clip, preset), "reco": reco}
     for seed, _, run in plus_runs:
-        report["reco_plus"][str(seed)] = _scores(load_reco_plus(run.model_dir, preset), dataset, "reco-plus")
-    for key in ("mIoU", "thing_mIoU", "stuff_mIoU"):
-        values = [scores[key] for scores in report["reco_plus"].values()]
-        report[f"reco_plus_{key}_mean"] = statistics.fmean(values)
-        report[f"reco_plus_{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        models[f"reco_plus_seed{seed}"] = load_reco_plus(run.model_dir, preset)
+    for set_name, datasets in eval_sets.items():
+        scores: dict[str, Any] = {}
+        for name, model in models.items():
+            per_world = [_scores(model, dataset, name) for dataset in datasets]
+            scores[name] = {
+                key: statistics.fmean(world[key] for world in per_world)
+                for key in ("mIoU", "thing_mIoU", "stuff_mIoU", "pixel_accuracy")
+            } | {"per_world_mIoU": [world["mIoU"] for world in per_world], "per_class_iou": _mean_classes(per_world)}
+            print(f"{set_name} {name}: mIoU {scores[name]['mIoU']:.3f}", flush=True)
+        for key in ("mIoU", "thing_mIoU", "stuff_mIoU"):
+            values = [scores[f"reco_plus_seed{seed}"][key] for seed, _, _ in plus_runs]
+            scores[f"reco_plus_{key}_mean"] = statistics.fmean(values)
+            scores[f"reco_plus_{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        report[set_name] = scores
     report["seconds"] = time.time() - started
     (args.run / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
@@ -103,7 +126,8 @@ def main() -> None:
     reco_info = {
         "recipe": reco_recipe.model_dump(mode="json"),
         "train_world_seed": reco_recipe.world.seed,
-        "eval": report["eval"] | {"reco": report["reco"], "maskclip": report["maskclip"]},
+        "eval": report["eval"]
+        | {name: {"reco": report[name]["reco"], "maskclip": report[name]["maskclip"]} for name in eval_sets},
         "purity": reco_run.purity,
     }
     (reco_bundle / "training.json").write_text(json.dumps(reco_info, indent=2) + "\n")
@@ -117,12 +141,17 @@ def main() -> None:
         "train_world_seed": recipe.world.seed,
         "train_seed": seed,
         "steps": run.result.final_step,
-        "eval": report["eval"] | {"reco_plus": report["reco_plus"][str(seed)], "reco": report["reco"]},
+        "eval": report["eval"]
+        | {
+            name: {"reco_plus": report[name][f"reco_plus_seed{seed}"], "reco": report[name]["reco"]}
+            for name in eval_sets
+        },
     }
     (plus_bundle / "training.json").write_text(json.dumps(plus_info, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in report.items() if not isinstance(v, dict)}, indent=2))
-    summary = {name: report[name]["mIoU"] for name in ("maskclip", "reco")}
-    print(f"mIoU on world seed {args.eval_seed}: {summary}; reco+ {report['reco_plus_mIoU_mean']:.3f}")
+    for name in eval_sets:
+        summary = {model: round(report[name][model]["mIoU"], 3) for model in ("maskclip", "reco")}
+        plus = f"{report[name]['reco_plus_mIoU_mean']:.3f} +- {report[name]['reco_plus_mIoU_std']:.3f}"
+        print(f"{name}: mIoU {summary}; reco+ {plus}")
 
 
 if __name__ == "__main__":

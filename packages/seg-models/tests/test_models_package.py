@@ -34,6 +34,8 @@ IMPLEMENTED_MODULES = (
     "closed_set",
     "deeplab",
     "groupvit",
+    "pgseg",
+    "weights",
 )
 
 

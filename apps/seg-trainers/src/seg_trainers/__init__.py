@@ -1,7 +1,10 @@
 """seg-trainers: Per-method training recipes of seg.
 
-Available: ``clip`` (the reference synthetic-world CLIP recipe) and ``reco`` (ReCo: retrieval + co-segmentation into
-reference embeddings; ReCo+: a DeepLabv3+ trained on ReCo's pseudo-labels). The other modules are skeletons that
+Available: ``clip`` (the reference synthetic-world CLIP recipe), ``reco`` (ReCo: retrieval + co-segmentation into
+reference embeddings; ReCo+: a DeepLabv3+ trained on ReCo's pseudo-labels) and ``groupvit`` (GroupViT with
+InfoNCE
+and PGSeg with its PG losses, trained from scratch on the world's image-text pairs). The other modules are
+skeletons that
 exist so the package map is complete and installable, each empty until the issue named beside it lands (see
 docs/architecture.md):
 
@@ -16,7 +19,6 @@ docs/architecture.md):
 from seg_trainers.__about__ import __version__
 
 SKELETON_MODULES: tuple[str, ...] = (
-    "groupvit",
     "simcon",
     "zutis",
     "reclip",

@@ -44,12 +44,14 @@ from seg_models.clip import (
     local_dir_config,
     register_model_config,
 )
+from seg_models.weights import export_state_dict
 from seg_train import StepOutput, Trainer, TrainResult, build_optimizer, unwrap_model
 
 __all__ = [
     "SyntheticClipRecipe",
     "SyntheticClipRun",
     "WorldPairBatches",
+    "batch_loader",
     "build_synthetic_clip",
     "clip_step",
     "export_local_dir",
@@ -119,15 +121,23 @@ class WorldPairBatches(Dataset[dict[str, Tensor]]):
         return {"images": images, "tokens": tokens}
 
 
-def _batches_factory(dataset: WorldPairBatches, workers: int) -> Callable[[int], Iterator[dict[str, Tensor]]]:
+def batch_loader(dataset: Dataset[dict[str, Tensor]], workers: int) -> Callable[[int], Iterator[dict[str, Tensor]]]:
+    """The engine's ``batches(start_batch)`` factory over a map-style dataset of whole batches.
+
+    The DataLoader gets its own generator: by default every new loader iterator draws its base seed from torch's
+    global RNG, which a resumed run would consume at a different moment than an uninterrupted one, shifting every
+    later random draw of the training step (e.g. GroupViT's Gumbel noise) and breaking exact resume.
+    """
+
     def batches(start_batch: int) -> Iterator[dict[str, Tensor]]:
         loader = DataLoader(
             dataset,
             batch_size=None,
-            sampler=range(start_batch, len(dataset)),
+            sampler=range(start_batch, len(dataset)),  # type: ignore[arg-type]
             num_workers=workers,
             prefetch_factor=4 if workers > 0 else None,
             persistent_workers=False,
+            generator=torch.Generator().manual_seed(0),
         )
         yield from loader
 
@@ -187,11 +197,7 @@ def export_local_dir(
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {
-        key: (value.half() if fp16 and value.is_floating_point() else value).detach().cpu().contiguous()
-        for key, value in clip.model.state_dict().items()
-    }
-    save_file(state, str(folder / WEIGHTS_FILE_NAME))
+    save_file(export_state_dict(clip.model, fp16=fp16), str(folder / WEIGHTS_FILE_NAME))
     config = local_dir_config(model_cfg, clip.normalization)
     (folder / CONFIG_FILE_NAME).write_text(json.dumps(config, indent=2) + "\n")
     return folder
@@ -236,7 +242,7 @@ def train_synthetic_clip(
     )
     dataset = WorldPairBatches(recipe.world, recipe.batch_size, clip.tokenizer, clip.normalization)
     trainer = Trainer(recipe.train, clip.model, optimizer, clip_step, out_dir=out_dir, device=device, log=log)
-    result = trainer.fit(_batches_factory(dataset, recipe.workers), resume_from="latest" if resume else None)
+    result = trainer.fit(batch_loader(dataset, recipe.workers), resume_from="latest" if resume else None)
     clip.eval()
     return SyntheticClipRun(export_local_dir(clip, recipe.model_cfg, out_dir / "model"), result)
 

@@ -1,7 +1,340 @@
-"""GroupViT and PGSeg recipes.
+"""GroupViT and PGSeg recipes: text-supervised training on the synthetic world's image-text pairs.
 
-Skeleton: not implemented yet. The content arrives with the GroupViT/PGSeg issue; until then this
-module exports nothing, so nothing can be mistaken for a working implementation.
+GroupViT (Xu et al., 2022) is trained from scratch with the symmetric InfoNCE of its Eq. 1 (learnable temperature,
+init 0.07, clamp 100); PGSeg (Zhang et al., 2023) adds, after a warm-up, the PG losses of its PG units (Eq. 3 and
+the total loss of Sec. 4.2)::
+
+    L = L_IT + Σ_l [ λ · L_PG(G_l, P_l) + β · L_PG(AVG(G_l), T_l) ]        λ = 0.1, β = 0.01
+
+with ``G_l`` a grouping stage's centres, ``P_l`` its I-NPR EM prototypes and ``T_l`` its T-NPR scalar prototypes
+(:mod:`seg_models.pgseg`). The paper keeps λ = β = 0 for its first 30 of 40 epochs (:attr:`PGLossSettings.start`);
+the official code instead fine-tunes a trained GroupViT with the PG loss from step 0.
+
+Data: batch ``b`` is images ``b·B .. (b+1)·B − 1`` of the world's ``pairs`` split with their captions (as for the
+reference CLIP, :class:`seg_trainers.clip.WorldPairBatches`), so a resumed run sees exactly the batches it would
+have. No image augmentation: the official RandomResizedCrop (0.08-1) would cut most things out of a 64-px world
+image, and flips would not change what a caption says.
+
+Model folders: GroupViT writes :func:`seg_models.groupvit.save_groupvit`'s ``config.json`` + ``model.safetensors``,
+PGSeg :func:`seg_models.pgseg.save_pgseg`'s ``pgseg.json`` + ``model.safetensors`` (fp16), each with
+``training.json`` (the recipe and the run's last record).
 """
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, PositiveInt
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from seg_core import CLIP_MEAN_STD, MethodConfig, ScheduleConfig, SegModel, TrainConfig
+from seg_eval.world import WorldConfig
+from seg_losses import info_nce_loss, pg_loss
+from seg_models.groupvit import GroupViT, GroupViTConfig, GroupViTTextConfig, GroupViTVisionConfig, save_groupvit
+from seg_models.pgseg import PGSeg, PGSegConfig, save_pgseg
+from seg_train import StepOutput, Trainer, TrainResult, build_optimizer, unwrap_model
+from seg_trainers.clip import WorldPairBatches, batch_loader
+
+__all__ = [
+    "GROUPVIT_SYNTHETIC_CONFIG",
+    "PGSEG_SYNTHETIC_CONFIG",
+    "TRAINING_FILE",
+    "GroupViTRecipe",
+    "GroupViTRun",
+    "PGLossSettings",
+    "PGSegRecipe",
+    "build_model",
+    "groupvit_step",
+    "pgseg_loss_terms",
+    "pgseg_step",
+    "train_groupvit",
+]
+
+TRAINING_FILE = "training.json"
+
+GROUPVIT_SYNTHETIC_CONFIG = GroupViTConfig(
+    vision=GroupViTVisionConfig(
+        image_size=64,
+        patch_size=8,
+        embed_dim=128,
+        depths=(2, 2, 1),
+        num_heads=4,
+        num_group_tokens=(16, 8, 0),
+        num_output_groups=(16, 8),
+    ),
+    text=GroupViTTextConfig(context_length=32, width=128, layers=4, heads=4),
+    projection_dim=128,
+    projection_hidden_dim=512,
+    normalization=CLIP_MEAN_STD,
+)
+"""The synthetic-world GroupViT: 64 px, patch 8 (64 patches), 128-d, depths 2/2/1, group tokens 16/8/0, output
+groups 16/8 (64 patches → 16 → 8 segments, the official 196 → 64 → 8 scaled to the world); text 4 layers, 128
+wide, context 32; projection 512 → 128. The width and text tower match the reference synthetic CLIP, and so does
+the pixel normalisation (CLIP's, that of the ``synthetic`` preset)."""
+
+PGSEG_SYNTHETIC_CONFIG = PGSegConfig(groupvit=GROUPVIT_SYNTHETIC_CONFIG, reconstruction_hidden_dim=512)
+"""PGSeg on :data:`GROUPVIT_SYNTHETIC_CONFIG`: 16/8 image and text prototypes, T = 10, γ = 0.9."""
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(
+        max_steps=1500,
+        lr=1e-3,
+        weight_decay=0.05,
+        schedule=ScheduleConfig(kind="cosine", warmup_steps=75),
+        precision="bf16",
+        grad_clip_norm=5.0,
+        log_every=50,
+        checkpoint_every=250,
+        keep_checkpoints=2,
+    )
+
+
+class GroupViTRecipe(MethodConfig):
+    """Everything that decides a GroupViT trained on the synthetic world.
+
+    Attributes:
+        world: The world the pairs come from (evaluate on other seeds).
+        model: The architecture.
+        batch_size: Image-text pairs per step (the contrastive negatives).
+        train: Engine settings (official: AdamW, weight decay 0.05, gradient clip 5, cosine with warm-up).
+        betas: AdamW betas (official: PyTorch's defaults).
+        workers: DataLoader worker processes rendering batches.
+    """
+
+    method: Literal["groupvit"] = "groupvit"
+    world: WorldConfig = WorldConfig(seed=0)
+    model: GroupViTConfig = GROUPVIT_SYNTHETIC_CONFIG
+    batch_size: PositiveInt = 128
+    train: TrainConfig = Field(default_factory=_default_train)
+    betas: tuple[float, float] = (0.9, 0.999)
+    workers: int = Field(default=1, ge=0)
+
+    def groupvit_config(self) -> GroupViTConfig:
+        """The GroupViT architecture (a PGSeg recipe's underlying one)."""
+        model: GroupViTConfig | PGSegConfig = self.model
+        return model.groupvit if isinstance(model, PGSegConfig) else model
+
+
+class PGLossSettings(SegModel):
+    """The PG losses' settings.
+
+    Attributes:
+        image_weight: λ of the I-NPR PG loss (paper 0.1).
+        text_weight: β of the T-NPR PG loss (paper 0.01).
+        tau: Temperature of Eq. 3 (paper 0.1; the official code learns it from 0.1).
+        reject_threshold: φ of the hard rejection strategy (paper 0.1); ``None`` turns HRS off.
+        rejection: ``"cosine"``: reject matched pairs whose cosine is at most φ (the paper's wording; T-NPR's
+            scalar pairs, compared by ``-|a - b|``, are then not filtered); ``"minmax"``: compare the min-max
+            normalised similarity instead (the official code; both units).
+        match: ``"max"``: Hungarian matching maximising similarity (the paper); ``"min"``: the official code's
+            minimising call (a bug, kept for ablation).
+        start: Fraction of the training steps before the PG losses switch on (paper: 30 of 40 epochs, 0.75).
+    """
+
+    image_weight: float = Field(default=0.1, ge=0)
+    text_weight: float = Field(default=0.01, ge=0)
+    tau: float = Field(default=0.1, gt=0)
+    reject_threshold: float | None = 0.1
+    rejection: Literal["cosine", "minmax"] = "cosine"
+    match: Literal["max", "min"] = "max"
+    start: float = Field(default=0.75, ge=0, le=1)
+
+
+class PGSegRecipe(GroupViTRecipe):
+    """A :class:`GroupViTRecipe` with PG units and their losses.
+
+    Attributes:
+        model: The PGSeg architecture (which units are on, prototype counts, EM iterations, momentum).
+        pg: The PG losses.
+    """
+
+    method: Literal["pgseg"] = "pgseg"  # type: ignore[assignment]
+    model: PGSegConfig = PGSEG_SYNTHETIC_CONFIG  # type: ignore[assignment]
+    pg: PGLossSettings = PGLossSettings()
+
+
+def build_model(recipe: GroupViTRecipe) -> GroupViT:
+    """A randomly initialised GroupViT, or PGSeg for a :class:`PGSegRecipe` (seeded by ``recipe.train.seed``)."""
+    torch.manual_seed(recipe.train.seed)
+    if isinstance(recipe, PGSegRecipe):
+        return PGSeg(recipe.model.model_copy(update={"seed": recipe.train.seed}))
+    return GroupViT(recipe.model)
+
+
+class _IndexedBatches(Dataset[dict[str, Tensor]]):
+    """The world's pair batches with their batch index (the step a batch belongs to)."""
+
+    def __init__(self, batches: WorldPairBatches) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return self.batches[index] | {"batch_index": torch.tensor(index)}
+
+
+def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: not on biases, norms, the temperature, positional embeddings or group tokens."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        skip = parameter.ndim < 2 or "logit_scale" in name or name.endswith(("pos_embed", "group_tokens"))
+        (no_decay if skip else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def groupvit_step(model: nn.Module, batch: dict[str, Tensor]) -> StepOutput:
+    """One InfoNCE step (GroupViT Eq. 1) through ``model.forward``, so a DDP wrapper synchronises gradients."""
+    images, texts, scale = model(batch["images"], batch["tokens"])
+    loss = info_nce_loss(images, texts, scale.log())
+    return StepOutput(loss=loss, metrics={"logit_scale": float(scale.detach())}, num_samples=len(images))
+
+
+def pgseg_loss_terms(forward: Any, settings: PGLossSettings) -> dict[str, Tensor]:
+    """The PG loss terms of one :class:`seg_models.pgseg.PGSegForward`, unweighted.
+
+    Returns:
+        ``{"pg_image_<l>": ..., "pg_text_<l>": ...}`` per grouping stage and enabled unit, and the kept fractions
+        of the hard rejection as ``"kept_image_<l>"`` (0-d tensors, no gradient).
+    """
+    terms: dict[str, Tensor] = {}
+    centres = forward.centres()
+    options: dict[str, Any] = {
+        "tau": settings.tau,
+        "reject_threshold": settings.reject_threshold,
+        "rejection": settings.rejection,
+        "match": settings.match,
+    }
+    for index, em in enumerate(forward.image_em):
+        result = pg_loss(centres[index], em.prototypes, **options)
+        terms[f"pg_image_{index}"] = result.loss
+        terms[f"kept_image_{index}"] = torch.tensor(result.kept_fraction)
+    for index, em in enumerate(forward.text_em):
+        groups = centres[index].mean(dim=-1, keepdim=True)  # AVG over the channels: [B, G_l, 1]
+        # A raw similarity threshold means nothing for -|a - b| (never positive); min-max rejection is scale-free.
+        text_options = options | {
+            "reject_threshold": settings.reject_threshold if settings.rejection == "minmax" else None
+        }
+        result = pg_loss(groups, em.prototypes, similarity="neg_abs", **text_options)
+        terms[f"pg_text_{index}"] = result.loss
+    return terms
+
+
+def pgseg_step(settings: PGLossSettings, start_step: int, grad_accum_steps: int = 1) -> Callable[..., StepOutput]:
+    """The PGSeg step: InfoNCE plus, from optimiser step ``start_step`` on, λ/β-weighted PG losses."""
+
+    def step(model: nn.Module, batch: dict[str, Tensor]) -> StepOutput:
+        pgseg: Any = unwrap_model(model)
+        forward = pgseg.training_forward(batch["images"], batch["tokens"])
+        contrastive = info_nce_loss(forward.image_embeddings, forward.text_embeddings, forward.logit_scale.log())
+        terms = pgseg_loss_terms(forward, settings)
+        active = int(batch["batch_index"]) // grad_accum_steps >= start_step
+        loss = contrastive
+        if active:
+            for name, value in terms.items():
+                if name.startswith("pg_image_"):
+                    loss = loss + settings.image_weight * value
+                elif name.startswith("pg_text_"):
+                    loss = loss + settings.text_weight * value
+        metrics = {"info_nce": float(contrastive.detach()), "logit_scale": float(forward.logit_scale.detach())}
+        metrics |= {name: float(value.detach()) for name, value in terms.items()}
+        return StepOutput(loss=loss, metrics=metrics, num_samples=len(forward.image_embeddings))
+
+    return step
+
+
+@dataclass(frozen=True)
+class GroupViTRun:
+    """What :func:`train_groupvit` produced: the model folder and the engine's result."""
+
+    model_dir: Path
+    result: TrainResult
+
+
+def train_groupvit(
+    recipe: GroupViTRecipe,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+    log: Callable[[str], None] | None = None,
+) -> GroupViTRun:
+    """Train a GroupViT or PGSeg recipe with the seg-train engine; write the model folder to ``out_dir/model``.
+
+    Args:
+        recipe: A :class:`GroupViTRecipe` or :class:`PGSegRecipe`.
+        out_dir: Run folder: ``recipe.yaml``, ``checkpoints/``, ``tensorboard/`` and ``model/``.
+        resume: Continue from the newest checkpoint in ``out_dir``.
+        device: Training device.
+        log: Receives the engine's log lines.
+    """
+    from open_clip.tokenizer import SimpleTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe.save(out / "recipe.yaml")
+    model = build_model(recipe)
+    model.train()
+    optimizer = build_optimizer(
+        recipe.train, _parameter_groups(model, recipe.train.weight_decay), betas=recipe.betas, eps=1e-8
+    )
+    tokenizer = SimpleTokenizer(context_length=recipe.groupvit_config().text.context_length)
+    pairs = WorldPairBatches(recipe.world, recipe.batch_size, tokenizer, recipe.groupvit_config().normalization)
+    if isinstance(recipe, PGSegRecipe):
+        start = round(recipe.pg.start * recipe.train.max_steps)
+        step_fn = pgseg_step(recipe.pg, start, recipe.train.grad_accum_steps)
+    else:
+        step_fn = groupvit_step
+    trainer = Trainer(recipe.train, model, optimizer, step_fn, out_dir=out, device=device, log=log)
+    result = trainer.fit(batch_loader(_IndexedBatches(pairs), recipe.workers), resume_from="latest" if resume else None)
+    model.eval()
+    folder = out / "model"
+    if isinstance(model, PGSeg):
+        save_pgseg(model, folder, fp16=True)
+    else:
+        save_groupvit(model, folder, fp16=True)
+    info = {"method": recipe.method, "recipe": recipe.model_dump(mode="json"), "last_record": result.last_record}
+    (folder / TRAINING_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return GroupViTRun(folder, result)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m seg_trainers.groupvit {groupvit,pgseg} OUT_DIR [--steps N] [--seed S] [--config FILE]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Train GroupViT or PGSeg on the synthetic world.")
+    parser.add_argument("method", choices=["groupvit", "pgseg"])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    kind = PGSegRecipe if args.method == "pgseg" else GroupViTRecipe
+    recipe = kind.load(args.config) if args.config else kind()
+    updates: dict[str, Any] = {}
+    if args.steps is not None:
+        warmup = min(recipe.train.schedule.warmup_steps, max(args.steps // 20, 1))
+        updates |= {
+            "max_steps": args.steps,
+            "schedule": recipe.train.schedule.model_copy(update={"warmup_steps": warmup}),
+        }
+    if args.seed is not None:
+        updates["seed"] = args.seed
+    recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update=updates)})
+    run = train_groupvit(recipe, args.out_dir, resume=args.resume, log=print)
+    print(f"model written to {run.model_dir}")
+
+
+if __name__ == "__main__":
+    main()

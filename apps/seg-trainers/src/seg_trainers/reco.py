@@ -71,6 +71,7 @@ from seg_models.reco import (
     save_reference_embeddings,
 )
 from seg_models.refiners import make_refiner
+from seg_models.weights import export_state_dict
 from seg_retrieval.curate import archive_purity, curate_archive, save_archive
 from seg_retrieval.index import IndexConfig, build_index
 from seg_retrieval.store import EmbeddingStore, embed_collection
@@ -606,11 +607,7 @@ def export_reco_plus(
     """Write ``model.safetensors`` (fp16 by default) and ``reco_plus.json`` (config, labels, normalisation)."""
     target = Path(folder)
     target.mkdir(parents=True, exist_ok=True)
-    state = {
-        key: (value.half() if fp16 and value.is_floating_point() else value).detach().cpu().contiguous()
-        for key, value in unwrap_model(model).state_dict().items()
-    }
-    save_file(state, str(target / RECO_PLUS_WEIGHTS))
+    save_file(export_state_dict(unwrap_model(model), fp16=fp16), str(target / RECO_PLUS_WEIGHTS))
     info = {
         "method": "reco-plus",
         "deeplab": config.model_dump(mode="json"),

@@ -21,11 +21,13 @@ Available modules:
         ``synthetic-64``.
     seg_models.groupvit: GroupViT (model, the official inference rule, ``GroupViTSegmenter``), converters from the
         official ``.pth`` and transformers checkpoints, ``load_groupvit``/``save_groupvit``.
+    seg_models.pgseg: PGSeg: GroupViT with PG units (I-NPR reconstruction, EM prototypes, T-NPR, momentum
+        prototypes), ``PGSeg``, ``load_pgseg``/``save_pgseg``; segment with ``GroupViTSegmenter``.
+    seg_models.weights: ``export_state_dict``, the state dict every model folder stores (optionally fp16).
 
 Skeleton modules (they exist so the package map is complete and export nothing until the issue named beside
 them lands; see docs/architecture.md):
 
-    seg_models.pgseg: PGSeg: GroupViT with prototype guidance and momentum prototypes (GroupViT/PGSeg issue).
     seg_models.zutis: ZUTIS: text-aligned image encoder and query-based instance decoder (ZUTIS issue).
     seg_models.reclip: ReCLIP++: reference prompt, positional projection, mask decoder; student segmenter (ReCLIP++
         issue).
@@ -36,7 +38,6 @@ Submodules are not imported here, so ``import seg_models`` stays light (no torch
 from seg_models.__about__ import __version__
 
 SKELETON_MODULES: tuple[str, ...] = (
-    "pgseg",
     "zutis",
     "reclip",
 )

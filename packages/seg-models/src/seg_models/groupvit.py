@@ -74,6 +74,7 @@ from seg_models.inference import (
     resize_logits,
 )
 from seg_models.refiners import make_refiner
+from seg_models.weights import export_state_dict
 
 __all__ = [
     "CONFIG_FILE_NAME",
@@ -1609,8 +1610,13 @@ def convert_official_groupvit(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def save_groupvit(model: GroupViT, directory: str | Path) -> Path:
+def save_groupvit(model: GroupViT, directory: str | Path, *, fp16: bool = False) -> Path:
     """Write ``config.json`` (:class:`GroupViTConfig`) and ``model.safetensors`` (the ``state_dict``) to a folder.
+
+    Args:
+        model: The model.
+        directory: Output folder (created).
+        fp16: Store floating-point tensors in float16 (half the size; loaded back into float32).
 
     Returns:
         The folder; :func:`load_groupvit` reads it back.
@@ -1618,7 +1624,7 @@ def save_groupvit(model: GroupViT, directory: str | Path) -> Path:
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     model.config.save(folder / CONFIG_FILE_NAME)
-    tensors = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
+    tensors = export_state_dict(model, fp16=fp16)
     tmp = folder / f".{WEIGHTS_FILE_NAME}.{uuid.uuid4().hex}.tmp"
     save_file(tensors, str(tmp), metadata={"format": "pt", "architecture": "seg_models.groupvit.GroupViT"})
     tmp.replace(folder / WEIGHTS_FILE_NAME)
@@ -1756,6 +1762,11 @@ def load_groupvit(
     else:
         path = Path(source)
         if path.is_dir():
+            if (path / "pgseg.json").is_file():
+                raise ConfigError(
+                    f"{path} holds a PGSeg model (pgseg.json), not a GroupViT: load it with "
+                    "seg_models.pgseg.load_pgseg, or use --method pgseg"
+                )
             if not (path / CONFIG_FILE_NAME).is_file():
                 raise FileNotFoundError(f"{path} has no {CONFIG_FILE_NAME}; save the model with save_groupvit")
             model = _from_folder_files(path / CONFIG_FILE_NAME, _folder_weights(path), str(path.resolve()))
