@@ -22,6 +22,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from svgplot import line_plot
+
 from seg_core import ProtocolPreset
 from seg_coseg.context import CoSegConfig
 from seg_eval.evaluator import evaluate
@@ -35,46 +37,6 @@ from seg_trainers.reco import ReCoRecipe, build_reco, load_reco
 from seg_zoo.bundled import REFERENCE_CLIP, bundled_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _svg_lines(series: dict[str, list[tuple[int, float]]], path: Path, title: str) -> None:
-    """A small dependency-free line plot (x: k, y: precision in [0, 1])."""
-    width, height, margin = 560, 320, 48
-    xs = sorted({x for points in series.values() for x, _ in points})
-    x_max = max(xs)
-
-    def px(x: float) -> float:
-        return margin + (width - 2 * margin) * x / x_max
-
-    def py(y: float) -> float:
-        return height - margin - (height - 2 * margin) * y
-
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-        'font-size="12">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="14">{title}</text>',
-        f'<line x1="{margin}" y1="{py(0)}" x2="{width - margin}" y2="{py(0)}" stroke="black"/>',
-        f'<line x1="{margin}" y1="{py(0)}" x2="{margin}" y2="{py(1)}" stroke="black"/>',
-        f'<text x="{width / 2}" y="{height - 10}" text-anchor="middle">k (archive size)</text>',
-        f'<text x="14" y="{height / 2}" transform="rotate(-90 14 {height / 2})" text-anchor="middle">'
-        "precision@k</text>",
-    ]
-    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
-        parts.append(f'<text x="{margin - 6}" y="{py(tick) + 4}" text-anchor="end">{tick:.2f}</text>')
-        parts.append(f'<line x1="{margin}" y1="{py(tick)}" x2="{width - margin}" y2="{py(tick)}" stroke="#ddd"/>')
-    for x in xs:
-        parts.append(f'<text x="{px(x)}" y="{py(0) + 16}" text-anchor="middle">{x}</text>')
-    for number, (name, points) in enumerate(series.items()):
-        colour = colours[number % len(colours)]
-        coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in points)
-        parts.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2"/>')
-        parts.append(f'<text x="{width - margin + 4}" y="{py(points[-1][1]) + 4 + 12 * number}" fill="{colour}">')
-        parts.append(f"{name}</text>")
-    parts.append("</svg>")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts) + "\n")
 
 
 def _scores(segmenter: Any, dataset: RenderedWorldBenchmark, preset: ProtocolPreset) -> dict[str, Any]:
@@ -144,7 +106,14 @@ def main() -> None:
     for name in ("<mean>", "water", "plane", "snow", "cow"):
         table = {int(k): float(v) for k, v in purity[name].items()}
         series[name.strip("<>")] = [(k, table[k]) for k in ks]
-    _svg_lines(series, ROOT / "docs" / "images" / "reco-purity.svg", "ReCo archive purity vs k (world seed 0)")
+    line_plot(
+        {name: [(float(k), value) for k, value in points] for name, points in series.items()},
+        ROOT / "docs" / "images" / "reco-purity.svg",
+        "ReCo archive purity vs k (world seed 0)",
+        "k (archive size)",
+        "precision@k",
+        y_range=(0.0, 1.0),
+    )
     for row, scores in summary.items():
         print(f"{row:32s} {scores['mIoU']:.3f} ± {scores['mIoU_std']:.3f}  thing {scores['thing_mIoU']:.3f}")
 

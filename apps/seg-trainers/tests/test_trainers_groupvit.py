@@ -5,6 +5,7 @@ recipe typos are named."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -144,3 +145,33 @@ def test_npr_step_end_to_end() -> None:
     assert torch.allclose(tokens.grad, 2 * reformed.detach() / reformed.numel())
     momentum_update(buffer, em.prototypes)
     assert torch.allclose(buffer.norm(dim=-1), torch.ones(4))
+
+
+def test_pgseg_starts_from_a_trained_groupvit_and_sees_new_batches(tmp_path: Path) -> None:
+    base = train_groupvit(_groupvit(steps=2).model_copy(update={"batch_size": 4}), tmp_path / "base")
+    recipe = _pgseg(steps=1).model_copy(update={"init_from": str(base.model_dir), "data_offset": 2})
+    model = build_model(recipe)
+    trained = load_groupvit(base.model_dir).state_dict()
+    for name in ("visual.patch_embed.weight", "text.token_embedding.weight", "logit_scale"):
+        torch.testing.assert_close(model.state_dict()[name], trained[name].float())
+    from seg_trainers.groupvit import _IndexedBatches
+
+    pairs = _IndexedBatches(_batch_source(recipe), offset=2)
+    torch.testing.assert_close(pairs[0]["images"], _batch_source(recipe)[2]["images"])
+    other = _groupvit(steps=1).model_copy(
+        update={
+            "init_from": str(base.model_dir),
+            "model": GROUPVIT_TINY_CONFIG.model_copy(update={"projection_dim": 32}),
+        }
+    )
+    with pytest.raises(ConfigError, match="init_from"):
+        build_model(other)
+
+
+def _batch_source(recipe: GroupViTRecipe) -> Any:
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from seg_trainers.clip import WorldPairBatches
+
+    tokenizer = SimpleTokenizer(context_length=recipe.groupvit_config().text.context_length)
+    return WorldPairBatches(recipe.world, recipe.batch_size, tokenizer, recipe.groupvit_config().normalization)

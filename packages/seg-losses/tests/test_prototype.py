@@ -243,3 +243,14 @@ def test_pg_loss_input_errors_name_the_argument(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         pg_loss(groups, prototypes, **options)  # type: ignore[arg-type]
+
+
+def test_pg_loss_runs_in_float32_inside_autocast() -> None:
+    generator = torch.Generator().manual_seed(4)
+    groups = torch.randn(2, 4, 8, generator=generator)
+    prototypes = torch.randn(2, 4, 8, generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = pg_loss(groups, prototypes)
+    plain = pg_loss(groups, prototypes)
+    assert mixed.loss.dtype == torch.float32
+    torch.testing.assert_close(mixed.loss, plain.loss)

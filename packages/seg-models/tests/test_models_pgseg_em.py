@@ -202,3 +202,14 @@ def test_init_prototypes_is_scaled_gaussian_then_l2() -> None:
     assert init_prototypes(3, 4, dtype=torch.float64).dtype == torch.float64
     with pytest.raises(ValueError, match="num and dim must be >= 1"):
         init_prototypes(0, 4)
+
+
+def test_em_runs_in_float32_inside_autocast() -> None:
+    generator = torch.Generator().manual_seed(3)
+    source, init = torch.randn(2, 16, 8, generator=generator), torch.randn(4, 8, generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = em_prototypes(source, init)
+    plain = em_prototypes(source, init)
+    assert mixed.prototypes.dtype == torch.float32
+    torch.testing.assert_close(mixed.prototypes, plain.prototypes)
+    torch.testing.assert_close(mixed.responsibilities, plain.responsibilities)

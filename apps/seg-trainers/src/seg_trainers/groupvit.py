@@ -33,10 +33,17 @@ from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from seg_core import CLIP_MEAN_STD, MethodConfig, ScheduleConfig, SegModel, TrainConfig
+from seg_core import CLIP_MEAN_STD, ConfigError, MethodConfig, ScheduleConfig, SegModel, TrainConfig
 from seg_eval.world import WorldConfig
 from seg_losses import info_nce_loss, pg_loss
-from seg_models.groupvit import GroupViT, GroupViTConfig, GroupViTTextConfig, GroupViTVisionConfig, save_groupvit
+from seg_models.groupvit import (
+    GroupViT,
+    GroupViTConfig,
+    GroupViTTextConfig,
+    GroupViTVisionConfig,
+    load_groupvit,
+    save_groupvit,
+)
 from seg_models.pgseg import PGSeg, PGSegConfig, save_pgseg
 from seg_train import StepOutput, Trainer, TrainResult, build_optimizer, unwrap_model
 from seg_trainers.clip import WorldPairBatches, batch_loader
@@ -68,15 +75,16 @@ GROUPVIT_SYNTHETIC_CONFIG = GroupViTConfig(
         num_group_tokens=(16, 8, 0),
         num_output_groups=(16, 8),
     ),
-    text=GroupViTTextConfig(context_length=32, width=128, layers=4, heads=4),
+    text=GroupViTTextConfig(context_length=32, width=64, layers=4, heads=2),
     projection_dim=128,
     projection_hidden_dim=512,
     normalization=CLIP_MEAN_STD,
 )
 """The synthetic-world GroupViT: 64 px, patch 8 (64 patches), 128-d, depths 2/2/1, group tokens 16/8/0, output
-groups 16/8 (64 patches → 16 → 8 segments, the official 196 → 64 → 8 scaled to the world); text 4 layers, 128
-wide, context 32; projection 512 → 128. The width and text tower match the reference synthetic CLIP, and so does
-the pixel normalisation (CLIP's, that of the ``synthetic`` preset)."""
+groups 16/8 (64 patches → 16 → 8 segments, the official 196 → 64 → 8 scaled to the world); text 4 layers, 64
+wide (2 heads), context 32; projection 512 → 128; pixels normalised with CLIP's statistics, like the ``synthetic``
+preset. The text tower is half as wide as the reference CLIP's because its 49,408-row token embedding (the CLIP BPE
+vocabulary, of which the world uses a few hundred words) is most of the checkpoint: 10 MB in fp16 instead of 18."""
 
 PGSEG_SYNTHETIC_CONFIG = PGSegConfig(groupvit=GROUPVIT_SYNTHETIC_CONFIG, reconstruction_hidden_dim=512)
 """PGSeg on :data:`GROUPVIT_SYNTHETIC_CONFIG`: 16/8 image and text prototypes, T = 10, γ = 0.9."""
@@ -106,6 +114,11 @@ class GroupViTRecipe(MethodConfig):
         train: Engine settings (official: AdamW, weight decay 0.05, gradient clip 5, cosine with warm-up).
         betas: AdamW betas (official: PyTorch's defaults).
         workers: DataLoader worker processes rendering batches.
+        init_from: A GroupViT model folder to start from instead of random weights (a PGSeg recipe takes the
+            GroupViT part from it and initialises its PG units; the official PGSeg release fine-tunes a trained
+            GroupViT this way). ``None``: train from scratch.
+        data_offset: Batches of the ``pairs`` split to skip, so a run started ``init_from`` a model trained on the
+            first batches sees new images (e.g. that run's ``max_steps``).
     """
 
     method: Literal["groupvit"] = "groupvit"
@@ -115,6 +128,8 @@ class GroupViTRecipe(MethodConfig):
     train: TrainConfig = Field(default_factory=_default_train)
     betas: tuple[float, float] = (0.9, 0.999)
     workers: int = Field(default=1, ge=0)
+    init_from: str | None = None
+    data_offset: int = Field(default=0, ge=0)
 
     def groupvit_config(self) -> GroupViTConfig:
         """The GroupViT architecture (a PGSeg recipe's underlying one)."""
@@ -161,24 +176,47 @@ class PGSegRecipe(GroupViTRecipe):
 
 
 def build_model(recipe: GroupViTRecipe) -> GroupViT:
-    """A randomly initialised GroupViT, or PGSeg for a :class:`PGSegRecipe` (seeded by ``recipe.train.seed``)."""
+    """A GroupViT, or PGSeg for a :class:`PGSegRecipe`, seeded by ``recipe.train.seed``: random, or with the
+    weights of ``recipe.init_from`` (a GroupViT folder of the same architecture; a PGSeg's units stay random).
+
+    Raises:
+        ConfigError: ``init_from`` holds another architecture.
+    """
     torch.manual_seed(recipe.train.seed)
     if isinstance(recipe, PGSegRecipe):
-        return PGSeg(recipe.model.model_copy(update={"seed": recipe.train.seed}))
-    return GroupViT(recipe.model)
+        model: GroupViT = PGSeg(recipe.model.model_copy(update={"seed": recipe.train.seed}))
+    else:
+        model = GroupViT(recipe.model)
+    if recipe.init_from is None:
+        return model
+    start = load_groupvit(recipe.init_from)
+    if start.config != recipe.groupvit_config():
+        raise ConfigError(
+            f"init_from: {recipe.init_from} holds a GroupViT of another architecture than the recipe's model; "
+            "train from it with the same model settings (or set init_from: null)"
+        )
+    missing, unexpected = model.load_state_dict(start.state_dict(), strict=False)
+    new = [key for key in missing if not key.startswith(_PG_UNIT_KEYS)]
+    if new or unexpected:  # pragma: no cover - same config, same keys
+        raise ConfigError(f"init_from: {recipe.init_from}: missing {new}, unexpected {unexpected}")
+    return model
+
+
+_PG_UNIT_KEYS = ("reconstructions.", "image_prototypes_", "text_prototypes_")
 
 
 class _IndexedBatches(Dataset[dict[str, Tensor]]):
-    """The world's pair batches with their batch index (the step a batch belongs to)."""
+    """The world's pair batches from ``offset`` on, with their index in this run (the step a batch belongs to)."""
 
-    def __init__(self, batches: WorldPairBatches) -> None:
+    def __init__(self, batches: WorldPairBatches, offset: int = 0) -> None:
         self.batches = batches
+        self.offset = offset
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.batches) - self.offset
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return self.batches[index] | {"batch_index": torch.tensor(index)}
+        return self.batches[index + self.offset] | {"batch_index": torch.tensor(index)}
 
 
 def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -296,7 +334,10 @@ def train_groupvit(
     else:
         step_fn = groupvit_step
     trainer = Trainer(recipe.train, model, optimizer, step_fn, out_dir=out, device=device, log=log)
-    result = trainer.fit(batch_loader(_IndexedBatches(pairs), recipe.workers), resume_from="latest" if resume else None)
+    result = trainer.fit(
+        batch_loader(_IndexedBatches(pairs, recipe.data_offset), recipe.workers),
+        resume_from="latest" if resume else None,
+    )
     model.eval()
     folder = out / "model"
     if isinstance(model, PGSeg):

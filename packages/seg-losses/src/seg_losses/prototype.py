@@ -153,30 +153,32 @@ def pg_loss(
 
     batch, num_groups, _ = groups.shape
     num_prototypes = prototypes.shape[1]
-    sims = _similarity_matrix(groups.float(), prototypes.detach().float(), similarity)
-    rows, cols = batched_hungarian_match(sims.detach(), maximize=match == "max")
-    batch_index = torch.arange(batch, device=sims.device).unsqueeze(1).expand_as(rows)
-    matched = sims.detach()[batch_index, rows, cols]
+    # float32 even inside a mixed-precision forward (autocast would run the similarities in bf16/fp16).
+    with torch.autocast(device_type=groups.device.type, enabled=False):
+        sims = _similarity_matrix(groups.float(), prototypes.detach().float(), similarity)
+        rows, cols = batched_hungarian_match(sims.detach(), maximize=match == "max")
+        batch_index = torch.arange(batch, device=sims.device).unsqueeze(1).expand_as(rows)
+        matched = sims.detach()[batch_index, rows, cols]
 
-    if reject_threshold is None:
-        kept = torch.ones_like(matched, dtype=torch.bool)
-    else:
-        score = matched
-        if rejection == "minmax":
-            low = matched.min(dim=1, keepdim=True).values
-            span = matched.max(dim=1, keepdim=True).values - low
-            score = torch.where(span > 0, (matched - low) / span.clamp_min(torch.finfo(span.dtype).tiny), 0.0)
-        kept = score > reject_threshold
+        if reject_threshold is None:
+            kept = torch.ones_like(matched, dtype=torch.bool)
+        else:
+            score = matched
+            if rejection == "minmax":
+                low = matched.min(dim=1, keepdim=True).values
+                span = matched.max(dim=1, keepdim=True).values - low
+                score = torch.where(span > 0, (matched - low) / span.clamp_min(torch.finfo(span.dtype).tiny), 0.0)
+            kept = score > reject_threshold
 
-    logits = sims / temperature
-    group_to_prototype = logits.log_softmax(dim=2)[batch_index, rows, cols]
-    prototype_to_group = logits.log_softmax(dim=1)[batch_index, rows, cols]
-    if rectangular == "one_sided" and num_groups < num_prototypes:
-        terms = group_to_prototype
-    elif rectangular == "one_sided" and num_groups > num_prototypes:
-        terms = prototype_to_group
-    else:
-        terms = group_to_prototype + prototype_to_group
+        logits = sims / temperature
+        group_to_prototype = logits.log_softmax(dim=2)[batch_index, rows, cols]
+        prototype_to_group = logits.log_softmax(dim=1)[batch_index, rows, cols]
+        if rectangular == "one_sided" and num_groups < num_prototypes:
+            terms = group_to_prototype
+        elif rectangular == "one_sided" and num_groups > num_prototypes:
+            terms = prototype_to_group
+        else:
+            terms = group_to_prototype + prototype_to_group
     kept_count = kept.sum(dim=1)
     per_image = -torch.where(kept, terms, 0.0).sum(dim=1) / kept_count.clamp_min(1)
     loss = per_image.mean()

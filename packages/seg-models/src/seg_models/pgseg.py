@@ -200,14 +200,16 @@ def em_prototypes(
     prototypes = init.detach().to(device=values.device, dtype=torch.float32)
     if prototypes.ndim == 2:
         prototypes = prototypes.unsqueeze(0).expand(batch, -1, -1)
-    if normalize:
-        prototypes = F.normalize(prototypes, dim=-1)
-    for _ in range(iterations):
-        responsibilities = _e_step(values, prototypes, kernel, sigma)
-        prototypes = _m_step(values, responsibilities, eps)
+    # float32 even inside a mixed-precision forward: autocast would run these products in bf16/fp16.
+    with torch.autocast(device_type=values.device.type, enabled=False):
         if normalize:
             prototypes = F.normalize(prototypes, dim=-1)
-    responsibilities = _e_step(values, prototypes, kernel, sigma)
+        for _ in range(iterations):
+            responsibilities = _e_step(values, prototypes, kernel, sigma)
+            prototypes = _m_step(values, responsibilities, eps)
+            if normalize:
+                prototypes = F.normalize(prototypes, dim=-1)
+        responsibilities = _e_step(values, prototypes, kernel, sigma)
     return EMResult(
         prototypes=prototypes.to(source.dtype).contiguous(), responsibilities=responsibilities.to(source.dtype)
     )
