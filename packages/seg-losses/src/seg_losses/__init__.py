@@ -1,11 +1,12 @@
 """seg-losses: Losses and matchers for language-guided segmentation (seg).
 
-Status: ``contrastive`` holds the symmetric InfoNCE (SimCon arrives later); ``matching`` and ``prototype`` are
-available; the other modules are skeletons that exist so the package map is complete and installable, each empty until
-the issue named beside it lands (see docs/architecture.md):
+Status: ``contrastive``, ``matching`` and ``prototype`` are available; the other modules are skeletons that exist so
+the package map is complete and installable, each empty until the issue named beside it lands (see
+docs/architecture.md):
 
-    seg_losses.contrastive: Symmetric InfoNCE (available); SimCon and multi-view SimCon, the negative-cosine view
-        loss (MV-SimCon issue).
+    seg_losses.contrastive: Symmetric InfoNCE (available); SimCon (Eqs. 3-5) and multi-view SimCon (Eqs. 6-8), the
+        negative-cosine view loss and its prediction head (Eq. 9), the step schedule of the threshold (available).
+        Gathering embeddings across processes belongs to the scale issue.
     seg_losses.matching: Hungarian matching (scipy linear_sum_assignment), single and batched, maximising by
         default; shared by PGSeg and ZUTIS (available).
     seg_losses.prototype: PGSeg's prototype supervision: the Prototypical Guidance loss (Eq. 3) with Hungarian
@@ -18,7 +19,17 @@ the issue named beside it lands (see docs/architecture.md):
 """
 
 from seg_losses.__about__ import __version__
-from seg_losses.contrastive import info_nce_loss
+from seg_losses.contrastive import (
+    PredictionHead,
+    info_nce_loss,
+    intra_modal_positives,
+    joint_positives,
+    lambda_schedule,
+    mv_simcon_loss,
+    negative_cosine_loss,
+    simcon_loss,
+    symmetric_simcon_loss,
+)
 from seg_losses.matching import batched_hungarian_match, hungarian_match
 from seg_losses.prototype import UNMATCHED, PGLossResult, pg_loss
 
@@ -31,9 +42,17 @@ __all__ = [
     "SKELETON_MODULES",
     "UNMATCHED",
     "PGLossResult",
+    "PredictionHead",
     "__version__",
     "batched_hungarian_match",
     "hungarian_match",
     "info_nce_loss",
+    "intra_modal_positives",
+    "joint_positives",
+    "lambda_schedule",
+    "mv_simcon_loss",
+    "negative_cosine_loss",
     "pg_loss",
+    "simcon_loss",
+    "symmetric_simcon_loss",
 ]
