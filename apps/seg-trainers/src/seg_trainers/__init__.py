@@ -1,17 +1,16 @@
 """seg-trainers: Per-method training recipes of seg.
 
 Available: ``clip`` (the reference synthetic-world CLIP recipe), ``reco`` (ReCo: retrieval + co-segmentation into
-reference embeddings; ReCo+: a DeepLabv3+ trained on ReCo's pseudo-labels) and ``groupvit`` (GroupViT with
-InfoNCE
-and PGSeg with its PG losses, trained from scratch on the world's image-text pairs). The other modules are
-skeletons that
-exist so the package map is complete and installable, each empty until the issue named beside it lands (see
-docs/architecture.md):
+reference embeddings; ReCo+: a DeepLabv3+ trained on ReCo's pseudo-labels), ``groupvit`` (GroupViT with InfoNCE and
+PGSeg with its PG losses, trained from scratch on the world's image-text pairs) and ``simcon`` (the same models with
+SimCon or MV-SimCon). The other modules are skeletons that exist so the package map is complete and installable,
+each empty until the issue named beside it lands (see docs/architecture.md):
 
     seg_trainers.clip: Training the reference synthetic-world CLIP from scratch (CLIP/MaskCLIP issue).
     seg_trainers.reco: ReCo and ReCo+ recipes, model folders and their loaders (ReCo issue).
     seg_trainers.groupvit: GroupViT and PGSeg recipes (GroupViT/PGSeg issue).
-    seg_trainers.simcon: MV-SimCon recipe (MV-SimCon issue).
+    seg_trainers.simcon: GroupViT or PGSeg trained with InfoNCE, SimCon or MV-SimCon (MV-SimCon issue: recipe
+        available; its CLI, bundled model and study to come).
     seg_trainers.zutis: ZUTIS recipe (ZUTIS issue).
     seg_trainers.reclip: ReCLIP++ rectification and distillation recipes (ReCLIP++ issue).
 """
@@ -19,7 +18,6 @@ docs/architecture.md):
 from seg_trainers.__about__ import __version__
 
 SKELETON_MODULES: tuple[str, ...] = (
-    "simcon",
     "zutis",
     "reclip",
 )

@@ -1,7 +1,312 @@
-"""MV-SimCon recipe.
+"""MV-SimCon recipe: GroupViT (or PGSeg) trained with SimCon or multi-view SimCon instead of InfoNCE.
 
-Skeleton: not implemented yet. The content arrives with the MV-SimCon issue; until then this
-module exports nothing, so nothing can be mistaken for a working implementation.
+Patel et al., "SimCon Loss with Multiple Views for Text Supervised Semantic Segmentation" (no official code). The
+objective of Eq. 10::
+
+    L = L_MV-SimCon(I, T, P_J^I) + L_MV-SimCon(T, I, P^T) + L_NCS(I_1, I_2)
+
+with two augmented views ``I_1, I_2`` of every image, image positives joint over the views (Eq. 8), text positives
+from the captions' similarity (Eq. 5), and the negative-cosine loss between the views through a SimSiam-style
+prediction head (Eq. 9). The losses are :mod:`seg_losses.contrastive`'s; ``loss.kind`` picks the objective for the
+paper's comparisons: ``infonce`` (GroupViT's, on the first view), ``simcon`` (Eqs. 3-5, one view), ``mv-simcon``
+(Eq. 10). The threshold λ follows the paper's step schedule (0.95, −0.05 after epochs 2 and 15 of 30), expressed as
+fractions of the training steps.
+
+Views (:class:`seg_train.augment.SegAugmentConfig`): scale 0.75-1.5 with pad/crop back to 64 px, horizontal flip,
+brightness/contrast jitter, no hue or saturation jitter (a thing's colour is its identity in the synthetic world, see
+the ReCo+ notes), occasional blur; drawn from a generator seeded by (training seed, batch index), so batches are a
+pure function of their position and resume is exact. The paper does not specify its views.
+
+With a PGSeg model the PG losses of ``pg`` are added on the first view (:func:`seg_trainers.groupvit.pgseg_loss_terms`).
+The exported model folder is the GroupViT's (or PGSeg's); the prediction head is training-only and dropped.
 """
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from seg_core import MethodConfig, Normalization, SegModel, TrainConfig
+from seg_eval.world import WorldConfig, render
+from seg_losses import info_nce_loss, lambda_schedule, mv_simcon_loss, negative_cosine_loss, symmetric_simcon_loss
+from seg_losses.contrastive import PredictionHead
+from seg_models.groupvit import GroupViT, GroupViTConfig, save_groupvit
+from seg_models.pgseg import PGSeg, PGSegConfig, save_pgseg
+from seg_train import StepOutput, Trainer, TrainResult, build_optimizer
+from seg_train.augment import SegAugmentConfig, augment_batch
+from seg_trainers.clip import batch_loader
+from seg_trainers.groupvit import (
+    GROUPVIT_SYNTHETIC_CONFIG,
+    TRAINING_FILE,
+    PGLossSettings,
+    _default_train,
+    _parameter_groups,
+    pgseg_loss_terms,
+)
+
+__all__ = [
+    "SIMCON_VIEWS",
+    "SimConLossSettings",
+    "SimConModule",
+    "SimConRecipe",
+    "SimConRun",
+    "WorldViewBatches",
+    "simcon_step",
+    "train_simcon",
+]
+
+SIMCON_VIEWS = SegAugmentConfig(
+    crop_size=64,
+    scale_range=(0.75, 1.5),
+    hflip_prob=0.5,
+    jitter_prob=0.8,
+    brightness=0.4,
+    contrast=0.4,
+    saturation=0.0,
+    hue=0.0,
+    blur_prob=0.2,
+)
+"""The two views' augmentation on the 64-px world (see the module docstring)."""
+
+
+class SimConLossSettings(SegModel):
+    """The contrastive objective and its open choices (paper defaults where it states them).
+
+    Attributes:
+        kind: ``infonce`` (GroupViT's baseline), ``simcon`` (one view, Eqs. 3-5) or ``mv-simcon`` (Eq. 10).
+        threshold: Initial λ of Eqs. 5 and 8 (paper 0.95).
+        threshold_step: Decrease of λ at each milestone (paper 0.05).
+        milestones: Fractions of the training steps where λ decreases (paper: after epochs 2 and 15 of 30).
+        mask_self_in_intra: Drop an anchor's similarity to itself from the intra-modal terms (the paper's Eq. 3
+            keeps it, where it dominates every row; see :func:`seg_losses.simcon_loss`).
+        use_intra: Put the intra-modal exponentials in the loss (the paper); ``False`` keeps only the cross-modal
+            ones with the positives (then λ above every off-diagonal similarity gives InfoNCE back).
+        joint_image_positives: Eq. 8's image positives over both views (the paper); ``False``: per view (Table 4).
+        view_weight: Weight of the negative-cosine view loss (paper: 1, a plain sum).
+        predictor_hidden_dim: Hidden width of the prediction head; ``None``: SimSiam's ``D // 4``.
+    """
+
+    kind: Literal["infonce", "simcon", "mv-simcon"] = "mv-simcon"
+    threshold: float = Field(default=0.95, gt=-1, le=1)
+    threshold_step: float = Field(default=0.05, ge=0)
+    milestones: tuple[float, ...] = (2 / 30, 15 / 30)
+    mask_self_in_intra: bool = True
+    use_intra: bool = True
+    joint_image_positives: bool = True
+    view_weight: float = Field(default=1.0, ge=0)
+    predictor_hidden_dim: int | None = Field(default=None, ge=1)
+
+    def threshold_at(self, step: int, max_steps: int) -> float:
+        """λ at optimiser step ``step`` of ``max_steps``."""
+        milestones = [round(fraction * max_steps) for fraction in self.milestones]
+        return lambda_schedule(step, initial=self.threshold, step=self.threshold_step, milestones=milestones)
+
+
+class SimConRecipe(MethodConfig):
+    """Everything that decides a GroupViT/PGSeg trained with (MV-)SimCon on the synthetic world.
+
+    Attributes:
+        world: The world the pairs come from (its ``p_noise`` is the fraction of unrelated captions).
+        model: A GroupViT or a PGSeg architecture.
+        batch_size: Image-text pairs per step.
+        train: Engine settings (as the GroupViT recipe).
+        betas: AdamW betas.
+        workers: DataLoader worker processes rendering batches.
+        loss: The contrastive objective.
+        views: The views' augmentation.
+        pg: PG losses (used when ``model`` is a PGSeg; switched on after ``pg.start`` of the steps).
+    """
+
+    method: Literal["simcon"] = "simcon"
+    world: WorldConfig = WorldConfig(seed=0)
+    model: GroupViTConfig | PGSegConfig = GROUPVIT_SYNTHETIC_CONFIG
+    batch_size: int = Field(default=64, ge=2)
+    train: TrainConfig = Field(default_factory=_default_train)
+    betas: tuple[float, float] = (0.9, 0.999)
+    workers: int = Field(default=1, ge=0)
+    loss: SimConLossSettings = SimConLossSettings()
+    views: SegAugmentConfig = SIMCON_VIEWS
+    pg: PGLossSettings = PGLossSettings()
+
+    def groupvit_config(self) -> GroupViTConfig:
+        """The GroupViT architecture (a PGSeg's underlying one)."""
+        return self.model.groupvit if isinstance(self.model, PGSegConfig) else self.model
+
+
+class WorldViewBatches(Dataset[dict[str, Tensor]]):
+    """Batch ``b`` of the world's ``pairs`` split as two augmented, normalised views plus caption tokens.
+
+    Returns ``{"view1", "view2": [B, 3, 64, 64], "tokens": [B, L], "batch_index": []}``; the views are drawn from a
+    generator seeded by ``(seed, b)``.
+    """
+
+    def __init__(
+        self,
+        world: WorldConfig,
+        batch_size: int,
+        tokenize: Callable[[list[str]], Tensor],
+        normalization: Normalization,
+        *,
+        views: SegAugmentConfig,
+        seed: int,
+    ) -> None:
+        self.world, self.batch_size, self.tokenize, self.views, self.seed = world, batch_size, tokenize, views, seed
+        self.mean = torch.tensor(normalization.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(normalization.std).view(1, 3, 1, 1)
+
+    def __len__(self) -> int:
+        return 2**31 // self.batch_size
+
+    def __getitem__(self, batch_index: int) -> dict[str, Tensor]:
+        start = batch_index * self.batch_size
+        samples = [render(self.world, "pairs", start + i) for i in range(self.batch_size)]
+        images = torch.stack([torch.from_numpy(s.image).permute(2, 0, 1) for s in samples]).float().div_(255.0)
+        labels = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.long)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + batch_index)
+        view1, _ = augment_batch(images, labels, self.views, generator)
+        view2, _ = augment_batch(images, labels, self.views, generator)
+        return {
+            "view1": (view1 - self.mean) / self.std,
+            "view2": (view2 - self.mean) / self.std,
+            "tokens": self.tokenize([s.caption for s in samples]),
+            "batch_index": torch.tensor(batch_index),
+        }
+
+
+class SimConModule(nn.Module):
+    """The trained model plus the training-only prediction head of Eq. 9."""
+
+    def __init__(self, model: GroupViT, predictor_hidden_dim: int | None) -> None:
+        super().__init__()
+        self.model = model
+        self.predictor = PredictionHead(model.config.projection_dim, predictor_hidden_dim)
+
+
+def _image_embeddings(model: GroupViT, images: Tensor) -> Tensor:
+    out: Tensor = model.encode_image(images)
+    return out
+
+
+def simcon_step(recipe: SimConRecipe) -> Callable[[nn.Module, dict[str, Tensor]], StepOutput]:
+    """The step of ``recipe``'s objective (see the module docstring)."""
+    settings, max_steps = recipe.loss, recipe.train.max_steps
+    pg_start = round(recipe.pg.start * max_steps)
+
+    def step(module: nn.Module, batch: dict[str, Tensor]) -> StepOutput:
+        wrapper: Any = module.module if hasattr(module, "module") else module  # unwrap DDP
+        model: GroupViT = wrapper.model
+        step_index = int(batch["batch_index"]) // recipe.train.grad_accum_steps
+        metrics: dict[str, float] = {}
+        pg_terms: dict[str, Tensor] = {}
+        if isinstance(model, PGSeg):
+            forward = model.training_forward(batch["view1"], batch["tokens"])
+            raw1 = model.image_projector(forward.vision.tokens.mean(dim=1))
+            text, scale = forward.text_embeddings, forward.logit_scale
+            pg_terms = pgseg_loss_terms(forward, recipe.pg) if step_index >= pg_start else {}
+        else:
+            raw1 = _image_embeddings(model, batch["view1"])
+            text = F.normalize(model.encode_text(batch["tokens"]), dim=-1)
+            scale = model.clamped_logit_scale()
+        image1 = F.normalize(raw1, dim=-1)
+        log_scale = scale.log()
+        threshold = settings.threshold_at(step_index, max_steps)
+        options = {"mask_self_in_intra": settings.mask_self_in_intra, "use_intra": settings.use_intra}
+        if settings.kind == "infonce":
+            loss = info_nce_loss(image1, text, log_scale)
+        elif settings.kind == "simcon":
+            loss = symmetric_simcon_loss(image1, text, log_scale, threshold=threshold, **options)
+        else:
+            raw2 = _image_embeddings(model, batch["view2"])
+            image2 = F.normalize(raw2, dim=-1)
+            loss = mv_simcon_loss(
+                image1,
+                image2,
+                text,
+                log_scale,
+                threshold=threshold,
+                joint_image_positives=settings.joint_image_positives,
+                **options,
+            )
+            predictor = wrapper.predictor
+            view = negative_cosine_loss(predictor(raw1), raw2, predictor(raw2), raw1)
+            metrics["view_loss"] = float(view.detach())
+            loss = loss + settings.view_weight * view
+        for name, value in pg_terms.items():
+            if name.startswith("pg_image_"):
+                loss = loss + recipe.pg.image_weight * value
+            elif name.startswith("pg_text_"):
+                loss = loss + recipe.pg.text_weight * value
+        metrics |= {"threshold": threshold, "logit_scale": float(scale.detach())}
+        metrics |= {name: float(value.detach()) for name, value in pg_terms.items()}
+        return StepOutput(loss=loss, metrics=metrics, num_samples=len(image1))
+
+    return step
+
+
+@dataclass(frozen=True)
+class SimConRun:
+    """What :func:`train_simcon` produced: the model folder and the engine's result."""
+
+    model_dir: Path
+    result: TrainResult
+
+
+def train_simcon(
+    recipe: SimConRecipe,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+    log: Callable[[str], None] | None = None,
+) -> SimConRun:
+    """Train ``recipe`` with the seg-train engine; write the GroupViT/PGSeg folder (fp16) to ``out_dir/model``.
+
+    Args:
+        recipe: The recipe.
+        out_dir: Run folder: ``recipe.yaml``, ``checkpoints/``, ``tensorboard/`` and ``model/``.
+        resume: Continue from the newest checkpoint in ``out_dir``.
+        device: Training device.
+        log: Receives the engine's log lines.
+    """
+    from open_clip.tokenizer import SimpleTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe.save(out / "recipe.yaml")
+    torch.manual_seed(recipe.train.seed)
+    config = recipe.model
+    model: GroupViT = (
+        PGSeg(config.model_copy(update={"seed": recipe.train.seed}))
+        if isinstance(config, PGSegConfig)
+        else GroupViT(config)
+    )
+    module = SimConModule(model, recipe.loss.predictor_hidden_dim)
+    module.train()
+    optimizer = build_optimizer(
+        recipe.train, _parameter_groups(module, recipe.train.weight_decay), betas=recipe.betas, eps=1e-8
+    )
+    groupvit = recipe.groupvit_config()
+    tokenizer = SimpleTokenizer(context_length=groupvit.text.context_length)
+    views = WorldViewBatches(
+        recipe.world, recipe.batch_size, tokenizer, groupvit.normalization, views=recipe.views, seed=recipe.train.seed
+    )
+    trainer = Trainer(recipe.train, module, optimizer, simcon_step(recipe), out_dir=out, device=device, log=log)
+    result = trainer.fit(batch_loader(views, recipe.workers), resume_from="latest" if resume else None)
+    model.eval()
+    folder = out / "model"
+    if isinstance(model, PGSeg):
+        save_pgseg(model, folder, fp16=True)
+    else:
+        save_groupvit(model, folder, fp16=True)
+    info = {"method": "simcon", "recipe": recipe.model_dump(mode="json"), "last_record": result.last_record}
+    (folder / TRAINING_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return SimConRun(folder, result)
