@@ -124,7 +124,7 @@ class GroupViTRecipe(MethodConfig):
     method: Literal["groupvit"] = "groupvit"
     world: WorldConfig = WorldConfig(seed=0)
     model: GroupViTConfig = GROUPVIT_SYNTHETIC_CONFIG
-    batch_size: PositiveInt = 128
+    batch_size: PositiveInt = 64
     train: TrainConfig = Field(default_factory=_default_train)
     betas: tuple[float, float] = (0.9, 0.999)
     workers: int = Field(default=1, ge=0)
