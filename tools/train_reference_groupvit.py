@@ -30,9 +30,11 @@ diagnosed on the first eval world (paper Sec. 5.3, "two benefits of NPR"):
 - *compactness*: the mean cosine between each first-stage input token and the mean of the tokens hard-assigned to
   the same group (higher: tighter clusters; the paper shows t-SNE plots).
 
-Writes ``RUN/report.json`` after every run (nothing is lost when stopped), ``docs/methods/pgseg-study.json`` and the
-plot ``docs/images/pgseg-richness.svg``; with ``--bundle``, copies seed 0 of ``groupvit`` and ``pgseg`` (fp16) with
-``training.json`` into ``apps/seg-zoo/src/seg_zoo/bundled/{groupvit-synthetic,pgseg-synthetic}``.
+Writes ``RUN/<run>/result.json`` after every run (nothing is lost when stopped; two processes may share a RUN, e.g.
+one training the bases and the main variants and one the ablations with ``--wait-for-base``), then collects them
+into ``RUN/report.json``, ``docs/methods/pgseg-study.json`` and the plot ``docs/images/pgseg-richness.svg``; with
+``--bundle``, copies seed 0 of ``groupvit`` and ``pgseg`` (fp16) with ``training.json`` into
+``apps/seg-zoo/src/seg_zoo/bundled/{groupvit-synthetic,pgseg-synthetic}``.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from seg_trainers.groupvit import GroupViTRecipe, PGSegRecipe, train_groupvit
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "apps" / "seg-zoo" / "src" / "seg_zoo" / "bundled"
 STUDY = ROOT / "docs" / "methods" / "pgseg-study.json"
+RESULT_FILE = "result.json"
 
 
 def _pgseg(model: dict[str, Any] | None = None, pg: dict[str, Any] | None = None) -> PGSegRecipe:
@@ -194,6 +197,19 @@ def _summary(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     return table
 
 
+def _collect(run: Path, eval_info: dict[str, Any]) -> dict[str, Any]:
+    """Every finished run's ``result.json`` under ``run``, with the summary table."""
+    runs: dict[str, dict[str, Any]] = {}
+    base: dict[str, dict[str, Any]] = {}
+    for path in sorted(run.glob(f"*/{RESULT_FILE}")):
+        result = json.loads(path.read_text())
+        if result["variant"] == "base":
+            base[str(result["seed"])] = result
+        else:
+            runs[path.parent.name] = result
+    return {"eval": eval_info, "base": base, "runs": runs, "summary": _summary(runs)}
+
+
 def _bundle(variant: str, name: str, run_dir: Path, result: dict[str, Any], eval_info: dict[str, Any]) -> None:
     target = BUNDLED / name
     shutil.rmtree(target, ignore_errors=True)
@@ -215,36 +231,40 @@ def main() -> None:
     parser.add_argument("--eval-seeds", type=int, nargs="+", default=[1000, 1001, 1002])
     parser.add_argument("--num-images", type=int, default=300)
     parser.add_argument("--bundle", action="store_true", help="bundle seed 0 of groupvit and pgseg into seg-zoo")
+    parser.add_argument(
+        "--wait-for-base", action="store_true", help="wait for another process to train each seed's base model"
+    )
     args = parser.parse_args()
     args.run.mkdir(parents=True, exist_ok=True)
-    report_path = args.run / "report.json"
-    report: dict[str, Any] = json.loads(report_path.read_text()) if report_path.is_file() else {"runs": {}}
     datasets = [RenderedWorldBenchmark(WorldConfig(seed=s), "val", args.num_images) for s in args.eval_seeds]
     eval_info = {"world_seeds": args.eval_seeds, "split": "val", "num_images": args.num_images, "preset": "synthetic"}
-    report["eval"] = eval_info
     for seed in args.seeds:
         base_recipe = _with_steps_and_seed(GroupViTRecipe(), args.base_steps, seed)
         base_dir = args.run / f"base-seed{seed}"
-        if not (base_dir / "model").is_dir():
+        if args.wait_for_base:
+            while not (base_dir / RESULT_FILE).is_file():
+                time.sleep(30)
+        elif not (base_dir / RESULT_FILE).is_file():
             started = time.time()
             train_groupvit(base_recipe, base_dir, resume=(base_dir / "checkpoints").is_dir(), log=print)
             seconds = time.time() - started
-            base_model = load_groupvit(base_dir / "model")
-            report.setdefault("base", {})[str(seed)] = {
+            base = {
+                "variant": "base",
+                "seed": seed,
                 "steps": base_recipe.train.max_steps,
                 "train_seconds": seconds,
-                "scores": _scores(base_model, datasets, f"base-seed{seed}"),
+                "scores": _scores(load_groupvit(base_dir / "model"), datasets, f"base-seed{seed}"),
             }
-            report_path.write_text(json.dumps(report, indent=2) + "\n")
-            print(f"base-seed{seed}: mIoU {report['base'][str(seed)]['scores']['mIoU']:.3f} in {seconds:.0f} s")
+            (base_dir / RESULT_FILE).write_text(json.dumps(base, indent=2) + "\n")
+            print(f"base-seed{seed}: mIoU {base['scores']['mIoU']:.3f} in {seconds:.0f} s", flush=True)
         for variant in args.variants:
             key = f"{variant}-seed{seed}"
             run_dir = args.run / key
+            if (run_dir / RESULT_FILE).is_file():
+                print(f"{key}: done before", flush=True)
+                continue
             recipe = _with_steps_and_seed(VARIANTS[variant](), args.steps, seed, args.lr)
             recipe = _fine_tune(recipe, base_dir / "model", base_recipe.train.max_steps)
-            if key in report["runs"] and (run_dir / "model").is_dir():
-                print(f"{key}: done before ({report['runs'][key]['scores']['mIoU']:.3f} mIoU)", flush=True)
-                continue
             started = time.time()
             run = train_groupvit(recipe, run_dir, resume=(run_dir / "checkpoints").is_dir(), log=print)
             seconds = time.time() - started
@@ -259,10 +279,10 @@ def main() -> None:
                 "scores": _scores(model, datasets, key),
                 "diagnostics": _diagnostics(model, datasets[0]),
             }
-            report["runs"][key] = result
-            report["summary"] = _summary(report["runs"])
-            report_path.write_text(json.dumps(report, indent=2) + "\n")
+            (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
             print(f"{key}: mIoU {result['scores']['mIoU']:.3f} in {seconds:.0f} s", flush=True)
+    report = _collect(args.run, eval_info)
+    (args.run / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     STUDY.write_text(json.dumps(report, indent=2) + "\n")
     series = {}
     for variant in ("groupvit", "pgseg"):

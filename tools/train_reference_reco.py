@@ -53,9 +53,13 @@ def _scores(segmenter: Any, dataset: RenderedWorldBenchmark, name: str) -> dict[
     }
 
 
-def _mean_classes(per_world: list[dict[str, Any]]) -> dict[str, float]:
+def _mean_classes(per_world: list[dict[str, Any]]) -> dict[str, float | None]:
     names = per_world[0]["per_class_iou"].keys()
-    return {name: statistics.fmean(world["per_class_iou"][name] for world in per_world) for name in names}
+    means: dict[str, float | None] = {}
+    for name in names:  # a class absent from a world has IoU None there
+        present = [world["per_class_iou"][name] for world in per_world if world["per_class_iou"][name] is not None]
+        means[name] = statistics.fmean(present) if present else None
+    return means
 
 
 def main() -> None:
