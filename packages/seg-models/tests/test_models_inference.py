@@ -14,6 +14,7 @@ from seg_core import (
     ConceptSet,
     ProtocolPreset,
     ResizeRule,
+    SegmentationOutput,
     SlidingWindow,
 )
 from seg_models.inference import (
@@ -197,3 +198,44 @@ def test_threshold_zero_never_gives_background() -> None:
     assert output.labels.min() >= 1
     assert torch.isfinite(output.logits).all()
     assert not math.isnan(float(output.probabilities.sum()))
+
+
+class _RampSegmenter:
+    """Two classes whose logits are +x and -x (x: column position), whatever the image: not flip-equivariant."""
+
+    def segment(self, images: torch.Tensor, concepts: ConceptSet) -> SegmentationOutput:
+        batch, _, height, width = images.shape
+        x = torch.linspace(-1.0, 1.0, width).expand(batch, height, width)
+        return SegmentationOutput(logits=torch.stack([x, -x], dim=1), label_names=concepts.label_names)
+
+
+class _ColourSegmenter:
+    """Three classes whose logits are the RGB channels: flip- and scale-equivariant on a constant image."""
+
+    def segment(self, images: torch.Tensor, concepts: ConceptSet) -> SegmentationOutput:
+        return SegmentationOutput(logits=images.clone(), label_names=concepts.label_names)
+
+
+def test_tta_averages_flipped_probabilities_by_hand() -> None:
+    from seg_models.inference import TestTimeAugmentation
+
+    concepts = ConceptSet(names=["a", "b"], templates="single")
+    output = TestTimeAugmentation(_RampSegmenter(), flip=True).segment(torch.rand(1, 3, 2, 3), concepts)
+    x = torch.tensor([-1.0, 0.0, 1.0])
+    straight = torch.stack([x, -x]).softmax(dim=0)
+    mirrored = torch.stack([x.flip(0), -x.flip(0)]).softmax(dim=0)
+    expected = ((straight + mirrored) / 2).log()  # [2, 3]: the same on both rows
+    torch.testing.assert_close(output.logits[0, :, 0], expected)
+    torch.testing.assert_close(output.logits.softmax(dim=1)[0, 0, 0], torch.full((3,), 0.5))
+
+
+def test_tta_with_scales_keeps_an_equivariant_segmenter_unchanged() -> None:
+    from seg_models.inference import TestTimeAugmentation
+
+    concepts = ConceptSet(names=["r", "g", "b"], templates="single")
+    images = torch.tensor([0.9, 0.2, 0.4]).view(1, 3, 1, 1).expand(2, 3, 8, 6).contiguous()
+    output = TestTimeAugmentation(_ColourSegmenter(), scales=(0.5, 1.0, 1.5)).segment(images, concepts)
+    assert output.logits.shape == (2, 3, 8, 6)
+    torch.testing.assert_close(output.logits, images.log_softmax(dim=1), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="scales"):
+        TestTimeAugmentation(_ColourSegmenter(), scales=(0.0,))

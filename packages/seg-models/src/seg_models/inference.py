@@ -8,6 +8,8 @@ or column shifted back to end at the border, window logits resized to the window
 map of how many windows saw each pixel. An image smaller than the crop is padded (zeros in normalised space,
 i.e. the mean colour) to a full window and the padding cut from the window's logits.
 
+:class:`TestTimeAugmentation` wraps any segmenter to average its probabilities over scales and flips.
+
 A *logits function* maps normalised images ``[B, 3, h, w]`` to ``[B, C, h', w']`` scores at any resolution
 (e.g. one cell per ViT patch); the helpers resize its output to the window or image they fed it.
 """
@@ -15,16 +17,25 @@ A *logits function* maps normalised images ``[B, 3, h, w]`` to ``[B, C, h', w']`
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seg_core import ConceptSet, MaskRefiner, ProtocolPreset, ResizeRule, SegmentationOutput, SlidingWindow
+from seg_core import (
+    ConceptSet,
+    MaskRefiner,
+    ProtocolPreset,
+    ResizeRule,
+    SegmentationOutput,
+    Segmenter,
+    SlidingWindow,
+)
 
 __all__ = [
     "LogitsFn",
+    "TestTimeAugmentation",
     "center_crop_box",
     "check_pixel_images",
     "infer",
@@ -310,3 +321,62 @@ def refine_output(
         images = images[..., top : top + box_height, left : left + box_width]
     refined = refiner.refine(images.float(), output.probabilities)
     return SegmentationOutput(logits=refined.clamp_min(1e-8).log(), label_names=output.label_names)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Test-time augmentation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class TestTimeAugmentation:
+    """Any :class:`seg_core.Segmenter` with test-time augmentation: class probabilities averaged over scales and
+    horizontal flips (MV-SimCon's TTA row; mmseg's ``aug_test`` averages the same way).
+
+    Each pass resizes the RGB images by a scale factor (bilinear), optionally flips them, segments, flips the logits
+    back, resizes them to the unaugmented pass's output size and takes their softmax; the result's logits are the
+    log of the mean probabilities, so its argmax is the averaged vote. A ``label_map`` the wrapped method decides
+    other than by argmax (e.g. a background threshold) is not averaged: the result has none.
+
+    Args:
+        segmenter: The segmenter to wrap.
+        scales: Resize factors of the passes (1.0 included or not, as given).
+        flip: Add a horizontally flipped pass per scale.
+
+    Attributes:
+        segmenter, scales, flip: As given.
+    """
+
+    __test__ = False  # not a pytest class despite the name
+
+    def __init__(self, segmenter: Segmenter, *, scales: Sequence[float] = (1.0,), flip: bool = True) -> None:
+        if not scales or any(scale <= 0 for scale in scales):
+            raise ValueError(f"scales must be positive factors, e.g. (0.75, 1.0, 1.25); got {tuple(scales)}")
+        self.segmenter = segmenter
+        self.scales = tuple(float(scale) for scale in scales)
+        self.flip = flip
+
+    def segment(self, images: Tensor, concepts: ConceptSet) -> SegmentationOutput:
+        """Segment RGB images in [0, 1] ``[B, 3, H, W]`` into ``concepts.label_names`` with every augmentation."""
+        check_pixel_images(images)
+        height, width = int(images.shape[-2]), int(images.shape[-1])
+        reference = self.segmenter.segment(images, concepts)
+        size = (int(reference.logits.shape[-2]), int(reference.logits.shape[-1]))
+        total = torch.zeros_like(reference.logits, dtype=torch.float32)
+        passes = 0
+        for scale in self.scales:
+            scaled = images
+            if scale != 1.0:
+                target = (max(1, round(height * scale)), max(1, round(width * scale)))
+                scaled = F.interpolate(images, size=target, mode="bilinear", align_corners=False).clamp(0.0, 1.0)
+            for flipped in (False, True) if self.flip else (False,):
+                if scale == 1.0 and not flipped:
+                    logits = reference.logits
+                else:
+                    output = self.segmenter.segment(scaled.flip(-1) if flipped else scaled, concepts)
+                    logits = output.logits.flip(-1) if flipped else output.logits
+                if tuple(logits.shape[-2:]) != size:
+                    logits = resize_logits(logits, size)
+                total += logits.float().softmax(dim=1)
+                passes += 1
+        mean = total / passes
+        return SegmentationOutput(logits=mean.clamp_min(1e-8).log(), label_names=reference.label_names)
