@@ -68,11 +68,10 @@ def test_groupvit_loss_falls_and_the_folder_loads_back(tmp_path: Path) -> None:
 
 
 def _batch(recipe: PGSegRecipe, model: PGSeg, index: int) -> dict[str, torch.Tensor]:
-    from open_clip.tokenizer import SimpleTokenizer
-
+    from seg_models.groupvit import groupvit_tokenizer
     from seg_trainers.clip import WorldPairBatches
 
-    tokenizer = SimpleTokenizer(context_length=recipe.groupvit_config().text.context_length)
+    tokenizer = groupvit_tokenizer(recipe.groupvit_config().text.context_length)
     pairs = WorldPairBatches(recipe.world, recipe.batch_size, tokenizer, recipe.groupvit_config().normalization)
     return pairs[index] | {"batch_index": torch.tensor(index)}
 
@@ -169,9 +168,8 @@ def test_pgseg_starts_from_a_trained_groupvit_and_sees_new_batches(tmp_path: Pat
 
 
 def _batch_source(recipe: GroupViTRecipe) -> Any:
-    from open_clip.tokenizer import SimpleTokenizer
-
+    from seg_models.groupvit import groupvit_tokenizer
     from seg_trainers.clip import WorldPairBatches
 
-    tokenizer = SimpleTokenizer(context_length=recipe.groupvit_config().text.context_length)
+    tokenizer = groupvit_tokenizer(recipe.groupvit_config().text.context_length)
     return WorldPairBatches(recipe.world, recipe.batch_size, tokenizer, recipe.groupvit_config().normalization)

@@ -57,13 +57,13 @@ def test_mv_simcon_with_pgseg_adds_the_pg_losses(tmp_path: Path) -> None:
 
 
 def test_views_are_a_pure_function_of_the_batch_index() -> None:
-    from open_clip.tokenizer import SimpleTokenizer
+    from seg_models.groupvit import groupvit_tokenizer
 
     recipe = _recipe(1)
     make = lambda: WorldViewBatches(  # noqa: E731
         recipe.world,
         4,
-        SimpleTokenizer(context_length=32),
+        groupvit_tokenizer(32),
         recipe.groupvit_config().normalization,
         views=recipe.views,
         seed=0,

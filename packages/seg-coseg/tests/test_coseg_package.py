@@ -14,15 +14,16 @@ def test_version_matches_distribution_metadata() -> None:
     assert seg_coseg.__version__ == importlib.metadata.version("seg-coseg")
 
 
-@pytest.mark.parametrize("module", seg_coseg.SKELETON_MODULES)
-def test_skeleton_modules_import_and_export_nothing_yet(module: str) -> None:
-    loaded = importlib.import_module(f"seg_coseg.{module}")
-    assert loaded.__doc__ is not None
-    assert "Skeleton" in loaded.__doc__
-    assert loaded.__all__ == []
+def test_skeleton_modules_import_and_export_nothing_yet() -> None:
+    # Empty since the ZUTIS issue (saliency, copy_paste); kept so a future skeleton module is checked too.
+    for module in seg_coseg.SKELETON_MODULES:
+        loaded = importlib.import_module(f"seg_coseg.{module}")
+        assert loaded.__doc__ is not None
+        assert "Skeleton" in loaded.__doc__
+        assert loaded.__all__ == []
 
 
-@pytest.mark.parametrize("module", ["seeds", "context"])
+@pytest.mark.parametrize("module", ["seeds", "context", "saliency", "copy_paste"])
 def test_available_modules_export_what_they_list(module: str) -> None:
     assert module not in seg_coseg.SKELETON_MODULES
     loaded = importlib.import_module(f"seg_coseg.{module}")

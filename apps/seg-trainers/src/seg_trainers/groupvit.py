@@ -41,6 +41,7 @@ from seg_models.groupvit import (
     GroupViTConfig,
     GroupViTTextConfig,
     GroupViTVisionConfig,
+    groupvit_tokenizer,
     load_groupvit,
     save_groupvit,
 )
@@ -316,8 +317,6 @@ def train_groupvit(
         device: Training device.
         log: Receives the engine's log lines.
     """
-    from open_clip.tokenizer import SimpleTokenizer
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     recipe.save(out / "recipe.yaml")
@@ -326,7 +325,7 @@ def train_groupvit(
     optimizer = build_optimizer(
         recipe.train, _parameter_groups(model, recipe.train.weight_decay), betas=recipe.betas, eps=1e-8
     )
-    tokenizer = SimpleTokenizer(context_length=recipe.groupvit_config().text.context_length)
+    tokenizer = groupvit_tokenizer(recipe.groupvit_config().text.context_length)
     pairs = WorldPairBatches(recipe.world, recipe.batch_size, tokenizer, recipe.groupvit_config().normalization)
     if isinstance(recipe, PGSegRecipe):
         start = round(recipe.pg.start * recipe.train.max_steps)

@@ -39,7 +39,7 @@ from seg_core import MethodConfig, Normalization, SegModel, TrainConfig
 from seg_eval.world import WorldConfig, render
 from seg_losses import info_nce_loss, lambda_schedule, mv_simcon_loss, negative_cosine_loss, symmetric_simcon_loss
 from seg_losses.contrastive import PredictionHead
-from seg_models.groupvit import GroupViT, GroupViTConfig, save_groupvit
+from seg_models.groupvit import GroupViT, GroupViTConfig, groupvit_tokenizer, save_groupvit
 from seg_models.pgseg import PGSeg, PGSegConfig, save_pgseg
 from seg_train import StepOutput, Trainer, TrainResult, build_optimizer
 from seg_train.augment import SegAugmentConfig, augment_batch
@@ -277,8 +277,6 @@ def train_simcon(
         device: Training device.
         log: Receives the engine's log lines.
     """
-    from open_clip.tokenizer import SimpleTokenizer
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     recipe.save(out / "recipe.yaml")
@@ -295,7 +293,7 @@ def train_simcon(
         recipe.train, _parameter_groups(module, recipe.train.weight_decay), betas=recipe.betas, eps=1e-8
     )
     groupvit = recipe.groupvit_config()
-    tokenizer = SimpleTokenizer(context_length=groupvit.text.context_length)
+    tokenizer = groupvit_tokenizer(groupvit.text.context_length)
     views = WorldViewBatches(
         recipe.world, recipe.batch_size, tokenizer, groupvit.normalization, views=recipe.views, seed=recipe.train.seed
     )

@@ -97,6 +97,7 @@ __all__ = [
     "convert_transformers_groupvit",
     "group_class_scores",
     "groupvit_config_from_transformers",
+    "groupvit_tokenizer",
     "load_groupvit",
     "pixel_class_scores",
     "pixel_group_map",
@@ -783,6 +784,13 @@ def _clip_tokenizer(context_length: int) -> Any:
     from open_clip.tokenizer import SimpleTokenizer
 
     return SimpleTokenizer(context_length=context_length)
+
+
+def groupvit_tokenizer(context_length: int) -> Callable[[list[str]], Tensor]:
+    """The tokenizer GroupViT's text tower reads: texts -> ``[N, context_length]`` CPU token ids (CLIP BPE; SOT,
+    text, EOT, zero padding). Picklable, so DataLoader workers can tokenise captions."""
+    tokenizer: Callable[[list[str]], Tensor] = _clip_tokenizer(context_length)
+    return tokenizer
 
 
 def _init_weights(module: nn.Module) -> None:
