@@ -1,8 +1,8 @@
 """seg-losses: Losses and matchers for language-guided segmentation (seg).
 
-Status: ``contrastive``, ``matching`` and ``prototype`` are available; the other modules are skeletons that exist so
-the package map is complete and installable, each empty until the issue named beside it lands (see
-docs/architecture.md):
+Status: ``contrastive``, ``matching``, ``prototype`` and ``set_criterion`` are available; the other modules are
+skeletons that exist so the package map is complete and installable, each empty until the issue named beside it lands
+(see docs/architecture.md):
 
     seg_losses.contrastive: Symmetric InfoNCE (available); SimCon (Eqs. 3-5) and multi-view SimCon (Eqs. 6-8), the
         negative-cosine view loss and its prediction head (Eq. 9), the step schedule of the threshold (available).
@@ -13,8 +13,10 @@ docs/architecture.md):
         matching and hard rejection (available). The prototype generation (EM, Eqs. 1-2), the momentum prototypes
         and their initialisation belong to the model's forward pass (I-NPR adds the reconstruction to the grouping
         input at inference too), so they live in ``seg_models.pgseg``.
-    seg_losses.set_criterion: ZUTIS's set criterion: matched mask and class losses on every decoder layer (ZUTIS
-        issue).
+    seg_losses.set_criterion: ZUTIS's set criterion: dice (+1 smoothing) and mean BCE per mask, their pairwise cost
+        (no class cost) and Hungarian mask matching, and the matched mask loss on every decoder layer with the
+        official reduction (sum over instances and layers / batch) or a mean (available). The semantic
+        cross-entropy ``L_ce`` is not part of it. The loss is ``set_criterion_loss``.
     seg_losses.rectification: ReCLIP++'s contrastive rectification loss and distillation losses (ReCLIP++ issue).
 """
 
@@ -32,27 +34,38 @@ from seg_losses.contrastive import (
 )
 from seg_losses.matching import batched_hungarian_match, hungarian_match
 from seg_losses.prototype import UNMATCHED, PGLossResult, pg_loss
-
-SKELETON_MODULES: tuple[str, ...] = (
-    "set_criterion",
-    "rectification",
+from seg_losses.set_criterion import (
+    SetCriterionResult,
+    dice_loss,
+    match_masks,
+    pairwise_mask_cost,
+    set_criterion_loss,
+    sigmoid_bce_loss,
 )
+
+SKELETON_MODULES: tuple[str, ...] = ("rectification",)
 
 __all__ = [
     "SKELETON_MODULES",
     "UNMATCHED",
     "PGLossResult",
     "PredictionHead",
+    "SetCriterionResult",
     "__version__",
     "batched_hungarian_match",
+    "dice_loss",
     "hungarian_match",
     "info_nce_loss",
     "intra_modal_positives",
     "joint_positives",
     "lambda_schedule",
+    "match_masks",
     "mv_simcon_loss",
     "negative_cosine_loss",
+    "pairwise_mask_cost",
     "pg_loss",
+    "set_criterion_loss",
+    "sigmoid_bce_loss",
     "simcon_loss",
     "symmetric_simcon_loss",
 ]
