@@ -55,10 +55,10 @@ def test_eval_on_a_folder_that_is_no_dataset(run_seg: Callable[..., Any], tmp_pa
     assert "no known dataset layout" in result.text
 
 
-def test_eval_reco_and_reco_plus_with_their_bundled_models(
+def test_eval_reco_reco_plus_groupvit_and_pgseg_with_their_bundled_models(
     run_seg: Callable[..., Any], tiny_world: Path, tmp_path: Path
 ) -> None:
-    for method in ("reco", "reco-plus"):
+    for method in ("reco", "reco-plus", "groupvit", "pgseg"):
         out = tmp_path / f"{method}.json"
         result = run_seg("eval", "--method", method, "--dataset", str(tiny_world), "--out", str(out))
         assert result.exit_code == 0, result.text

@@ -1,4 +1,4 @@
-"""``seg train reco`` and ``seg train reco-plus`` with tiny recipes, then ``seg eval`` of what they wrote."""
+"""``seg train reco|reco-plus|groupvit|pgseg`` with tiny recipes, then ``seg eval`` of what they wrote."""
 
 from __future__ import annotations
 
@@ -75,3 +75,53 @@ def test_train_reco_config_typo_names_the_field(run_seg: Callable[..., Any], tmp
     result = run_seg("train", "reco", "--config", str(config), "--out", str(tmp_path / "run"))
     assert result.exit_code == 1
     assert "colection_size" in result.text
+
+
+def _tiny_grouping_recipe(method: str) -> dict[str, Any]:
+    from seg_models.groupvit import GROUPVIT_TINY_CONFIG
+
+    model: dict[str, Any] = GROUPVIT_TINY_CONFIG.model_dump(mode="json")
+    if method == "pgseg":
+        model = {"groupvit": model, "reconstruction_hidden_dim": 32}
+    return {
+        "method": method,
+        "model": model,
+        "batch_size": 4,
+        "workers": 0,
+        "train": {"max_steps": 2, "progress": False, "tensorboard": False, "precision": "fp32"},
+    }
+
+
+def test_train_groupvit_and_pgseg_then_eval_and_refuse_each_others_folders(
+    run_seg: Callable[..., Any], tmp_path: Path
+) -> None:
+    world = tmp_path / "world"
+    generate_split(world, "val", 2, seed=7, fmt="coco")
+    folders = {}
+    for method in ("groupvit", "pgseg"):
+        config = tmp_path / f"{method}.yaml"
+        config.write_text(yaml.safe_dump(_tiny_grouping_recipe(method)))
+        result = run_seg("train", method, "--config", str(config), "--out", str(tmp_path / method))
+        assert result.exit_code == 0, result.text
+        folders[method] = tmp_path / method / "model"
+        assert json.loads((folders[method] / "training.json").read_text())["method"] == method
+        out = tmp_path / f"{method}.json"
+        result = run_seg(
+            "eval", "--method", method, "--model", str(folders[method]), "--dataset", str(world), "--out", str(out)
+        )
+        assert result.exit_code == 0, result.text
+        assert json.loads(out.read_text())["method"] == method
+    for method, other in (("groupvit", "pgseg"), ("pgseg", "groupvit")):
+        result = run_seg(
+            "eval", "--method", method, "--model", str(folders[other]), "--dataset", str(world), "--out", "x.json"
+        )
+        assert result.exit_code == 1
+        assert ("PGSeg" if method == "groupvit" else "GroupViT") in result.text
+
+
+def test_train_pgseg_config_typo_names_the_field(run_seg: Callable[..., Any], tmp_path: Path) -> None:
+    config = tmp_path / "pgseg.yaml"
+    config.write_text("method: pgseg\npg:\n  image_wieght: 0.5\n")
+    result = run_seg("train", "pgseg", "--config", str(config), "--out", str(tmp_path / "run"))
+    assert result.exit_code == 1
+    assert "image_wieght" in result.text

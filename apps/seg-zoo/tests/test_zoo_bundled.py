@@ -32,3 +32,18 @@ def test_unknown_bundled_model() -> None:
     assert REFERENCE_CLIP in BUNDLED_MODELS
     with pytest.raises(KeyError, match="no bundled model"):
         bundled_model_dir("nope")
+
+
+@pytest.mark.parametrize(("name", "method"), [("groupvit-synthetic", "groupvit"), ("pgseg-synthetic", "pgseg")])
+def test_bundled_grouping_models_load_and_were_evaluated_on_unseen_worlds(name: str, method: str) -> None:
+    from seg_models.groupvit import load_groupvit
+    from seg_models.pgseg import PGSeg, load_pgseg
+
+    folder = bundled_model_dir(name)
+    model = load_pgseg(folder) if method == "pgseg" else load_groupvit(folder)
+    assert isinstance(model, PGSeg) == (method == "pgseg")
+    info = bundled_model_info(name)
+    assert info["method"] == method
+    assert info["train_world_seed"] not in info["eval"]["world_seeds"]
+    assert 0.0 < info["eval"]["scores"]["mIoU"] <= 1.0
+    assert sum(path.stat().st_size for path in folder.iterdir()) < 20 * 2**20  # small: fp16, a few MB

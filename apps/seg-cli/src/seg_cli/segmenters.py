@@ -10,6 +10,12 @@ Model sources:
 - ``reco``: ``None`` (the bundled synthetic-world ReCo model) or ``local-dir:PATH`` / ``PATH`` of a folder written by
   ``seg train reco``; the CLIP it names in ``reco.json`` is loaded as above.
 - ``reco-plus``: ``None`` (the bundled synthetic-world ReCo+ model) or a folder written by ``seg train reco-plus``.
+- ``groupvit``: ``None`` (the bundled synthetic-world GroupViT), a folder written by ``seg train groupvit`` or
+  ``save_groupvit`` or transformers' ``save_pretrained``, ``hf-hub:nvidia/groupvit-gcc-yfcc``, or an official ``.pth``.
+- ``pgseg``: ``None`` (the bundled synthetic-world PGSeg) or a folder written by ``seg train pgseg``.
+
+GroupViT and PGSeg always normalise pixels with the statistics they were trained with (their config's
+``normalization``), whatever the preset says.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from seg_cli.unavailable import not_available
 if TYPE_CHECKING:
     from seg_core import Normalization, ProtocolPreset, Segmenter
     from seg_models.clip import ClipModel
+    from seg_models.groupvit import GroupViT
 
 __all__ = [
     "AVAILABLE_METHODS",
@@ -36,8 +43,13 @@ __all__ = [
 ]
 
 CLIP_METHODS = {"maskclip": "maskclip", "dense-clip": "naive"}
-BUNDLED_DEFAULTS = {"reco": "reco-synthetic", "reco-plus": "reco-plus-synthetic"}
-AVAILABLE_METHODS: tuple[str, ...] = (*CLIP_METHODS, "reco", "reco-plus")
+BUNDLED_DEFAULTS = {
+    "reco": "reco-synthetic",
+    "reco-plus": "reco-plus-synthetic",
+    "groupvit": "groupvit-synthetic",
+    "pgseg": "pgseg-synthetic",
+}
+AVAILABLE_METHODS: tuple[str, ...] = (*CLIP_METHODS, "reco", "reco-plus", "groupvit", "pgseg")
 """Methods whose model code has landed, in the order ``seg demo`` runs them."""
 
 
@@ -114,6 +126,22 @@ def model_folder(method: str, model: str | None) -> tuple[Path, str]:
     return folder, model
 
 
+def _load_grouping_model(method: str, model: str | None) -> tuple[GroupViT, str]:
+    """A GroupViT (``groupvit``) or PGSeg (``pgseg``) from a command-line model source."""
+    if method == "groupvit" and model is not None and (model.startswith("hf-hub:") or model.endswith((".pth", ".pt"))):
+        from seg_models.groupvit import load_groupvit
+
+        return load_groupvit(model), model
+    folder, recorded = model_folder(method, model)
+    if method == "pgseg":
+        from seg_models.pgseg import load_pgseg
+
+        return load_pgseg(folder), recorded
+    from seg_models.groupvit import load_groupvit
+
+    return load_groupvit(folder), recorded
+
+
 def ensure_available(method: str, command: str) -> None:
     """Exit 2 with a clear message when ``method``'s model code has not landed (before any work is done)."""
     if method not in AVAILABLE_METHODS:
@@ -154,5 +182,14 @@ def build_segmenter(
         geometry = _Geometry(info.image_size, info.normalization)
         protocol = preset(geometry) if callable(preset) else preset
         return BuiltSegmenter(load_reco_plus(folder, protocol), method, recorded)
+    if method in ("groupvit", "pgseg"):
+        from seg_models.groupvit import GroupViTSegmenter
+
+        grouping, recorded = _load_grouping_model(method, model)
+        vision = grouping.config.vision
+        geometry = _Geometry((vision.image_size, vision.image_size), grouping.config.normalization)
+        protocol = preset(geometry) if callable(preset) else preset
+        protocol = protocol.model_copy(update={"normalization": grouping.config.normalization})
+        return BuiltSegmenter(GroupViTSegmenter(grouping, protocol), method, recorded)
     ensure_available(method, "seg")
     raise AssertionError(f"method {method!r} is available but has no builder")

@@ -11,7 +11,7 @@ from seg_cli.unavailable import not_available
 
 __all__ = ["TRAINABLE_METHODS", "train"]
 
-TRAINABLE_METHODS = ("reco", "reco-plus")
+TRAINABLE_METHODS = ("reco", "reco-plus", "groupvit", "pgseg")
 """Methods with a recipe ``seg train`` can run."""
 
 
@@ -45,7 +45,8 @@ def train(
 
     reco: retrieve archives for every concept from the synthetic world's unlabelled split, co-segment them into
     reference embeddings (no gradient steps). reco-plus: pseudo-label the target images with a ReCo model and train a
-    DeepLabv3+ on them.
+    DeepLabv3+ on them. groupvit: train GroupViT from scratch on the world's image-text pairs (InfoNCE). pgseg: the
+    same with PGSeg's prototype-guidance units and losses.
     """
     if method not in TRAINABLE_METHODS:
         not_available(f"seg train {method}", f"the {method} issue (its recipe in seg-trainers)")
@@ -53,7 +54,12 @@ def train(
 
     run_dir = out if out is not None else Path("runs") / method
     try:
-        model_dir = _train_reco(config, run_dir) if method == "reco" else _train_reco_plus(config, run_dir, resume)
+        if method == "reco":
+            model_dir = _train_reco(config, run_dir)
+        elif method == "reco-plus":
+            model_dir = _train_reco_plus(config, run_dir, resume)
+        else:
+            model_dir = _train_grouping(method, config, run_dir, resume)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         stderr_console().print(f"[bold red]seg train {method}:[/] {error}")
         raise typer.Exit(code=1) from None
@@ -112,4 +118,13 @@ def _train_reco_plus(config: Path | None, run_dir: Path, resume: bool) -> Path:
         run = train_reco_plus(
             recipe, reco, concepts, run_dir, resume=resume, log=stdout_console().print, progress=progress
         )
+    return run.model_dir
+
+
+def _train_grouping(method: str, config: Path | None, run_dir: Path, resume: bool) -> Path:
+    from seg_trainers.groupvit import GroupViTRecipe, PGSegRecipe, train_groupvit
+
+    kind = PGSegRecipe if method == "pgseg" else GroupViTRecipe
+    recipe = kind() if config is None else kind.load(config)
+    run = train_groupvit(recipe, run_dir, resume=resume, log=stdout_console().print)
     return run.model_dir

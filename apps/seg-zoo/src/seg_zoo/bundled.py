@@ -9,6 +9,9 @@ metrics it reached on a world seed it never saw). It is the default model of ``s
 ``index`` split of world seed 0 with the reference CLIP (``reco.json`` names it). ``reco-plus-synthetic``: the
 DeepLabv3+ trained on that model's pseudo-labels (``seg_trainers.reco``). Regenerate both with
 ``python tools/train_reference_reco.py``.
+
+``groupvit-synthetic`` and ``pgseg-synthetic``: GroupViT and PGSeg trained from scratch on the world's image-text
+pairs (``seg_trainers.groupvit``, training seed 0). Regenerate both with ``python tools/train_reference_groupvit.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any
 __all__ = [
     "BUNDLED_MODELS",
     "REFERENCE_CLIP",
+    "REFERENCE_GROUPVIT",
+    "REFERENCE_PGSEG",
     "REFERENCE_RECO",
     "REFERENCE_RECO_PLUS",
     "bundled_model_dir",
@@ -30,15 +35,21 @@ __all__ = [
 REFERENCE_CLIP = "synthetic-clip"
 REFERENCE_RECO = "reco-synthetic"
 REFERENCE_RECO_PLUS = "reco-plus-synthetic"
+REFERENCE_GROUPVIT = "groupvit-synthetic"
+REFERENCE_PGSEG = "pgseg-synthetic"
 _MARKERS = {
     REFERENCE_CLIP: "open_clip_config.json",
     REFERENCE_RECO: "reco.json",
     REFERENCE_RECO_PLUS: "reco_plus.json",
+    REFERENCE_GROUPVIT: "config.json",
+    REFERENCE_PGSEG: "pgseg.json",
 }
 _REGENERATE = {
     REFERENCE_CLIP: "python tools/train_reference_clip.py",
     REFERENCE_RECO: "python tools/train_reference_reco.py",
     REFERENCE_RECO_PLUS: "python tools/train_reference_reco.py",
+    REFERENCE_GROUPVIT: "python tools/train_reference_groupvit.py",
+    REFERENCE_PGSEG: "python tools/train_reference_groupvit.py",
 }
 BUNDLED_MODELS: tuple[str, ...] = tuple(_MARKERS)
 
