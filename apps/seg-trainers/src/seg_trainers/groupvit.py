@@ -58,7 +58,9 @@ __all__ = [
     "PGLossSettings",
     "PGSegRecipe",
     "build_model",
+    "export_grouping_model",
     "groupvit_step",
+    "new_grouping_model",
     "pgseg_loss_terms",
     "pgseg_step",
     "train_groupvit",
@@ -176,6 +178,27 @@ class PGSegRecipe(GroupViTRecipe):
     pg: PGLossSettings = PGLossSettings()
 
 
+def new_grouping_model(config: GroupViTConfig | PGSegConfig, seed: int) -> GroupViT:
+    """A randomly initialised GroupViT, or PGSeg for a :class:`PGSegConfig` (its prototypes seeded by ``seed``),
+    after ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    if isinstance(config, PGSegConfig):
+        return PGSeg(config.model_copy(update={"seed": seed}))
+    return GroupViT(config)
+
+
+def export_grouping_model(model: GroupViT, folder: Path, method: str, recipe: SegModel, result: TrainResult) -> Path:
+    """Write a trained GroupViT/PGSeg (fp16) to ``folder`` with ``training.json`` (method, recipe, last record)."""
+    model.eval()
+    if isinstance(model, PGSeg):
+        save_pgseg(model, folder, fp16=True)
+    else:
+        save_groupvit(model, folder, fp16=True)
+    info = {"method": method, "recipe": recipe.model_dump(mode="json"), "last_record": result.last_record}
+    (folder / TRAINING_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return folder
+
+
 def build_model(recipe: GroupViTRecipe) -> GroupViT:
     """A GroupViT, or PGSeg for a :class:`PGSegRecipe`, seeded by ``recipe.train.seed``: random, or with the
     weights of ``recipe.init_from`` (a GroupViT folder of the same architecture; a PGSeg's units stay random).
@@ -183,11 +206,7 @@ def build_model(recipe: GroupViTRecipe) -> GroupViT:
     Raises:
         ConfigError: ``init_from`` holds another architecture.
     """
-    torch.manual_seed(recipe.train.seed)
-    if isinstance(recipe, PGSegRecipe):
-        model: GroupViT = PGSeg(recipe.model.model_copy(update={"seed": recipe.train.seed}))
-    else:
-        model = GroupViT(recipe.model)
+    model = new_grouping_model(recipe.model, recipe.train.seed)
     if recipe.init_from is None:
         return model
     start = load_groupvit(recipe.init_from)
@@ -294,7 +313,8 @@ def pgseg_step(settings: PGLossSettings, start_step: int, grad_accum_steps: int 
 
 @dataclass(frozen=True)
 class GroupViTRun:
-    """What :func:`train_groupvit` produced: the model folder and the engine's result."""
+    """What :func:`train_groupvit` (and ``seg_trainers.simcon.train_simcon``) produced: the model folder and the
+    engine's result."""
 
     model_dir: Path
     result: TrainResult
@@ -337,15 +357,7 @@ def train_groupvit(
         batch_loader(_IndexedBatches(pairs, recipe.data_offset), recipe.workers),
         resume_from="latest" if resume else None,
     )
-    model.eval()
-    folder = out / "model"
-    if isinstance(model, PGSeg):
-        save_pgseg(model, folder, fp16=True)
-    else:
-        save_groupvit(model, folder, fp16=True)
-    info = {"method": recipe.method, "recipe": recipe.model_dump(mode="json"), "last_record": result.last_record}
-    (folder / TRAINING_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    return GroupViTRun(folder, result)
+    return GroupViTRun(export_grouping_model(model, out / "model", recipe.method, recipe, result), result)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

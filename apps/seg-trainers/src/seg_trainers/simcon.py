@@ -23,9 +23,7 @@ The exported model folder is the GroupViT's (or PGSeg's); the prediction head is
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,17 +37,19 @@ from seg_core import MethodConfig, Normalization, SegModel, TrainConfig
 from seg_eval.world import WorldConfig, render
 from seg_losses import info_nce_loss, lambda_schedule, mv_simcon_loss, negative_cosine_loss, symmetric_simcon_loss
 from seg_losses.contrastive import PredictionHead
-from seg_models.groupvit import GroupViT, GroupViTConfig, groupvit_tokenizer, save_groupvit
-from seg_models.pgseg import PGSeg, PGSegConfig, save_pgseg
-from seg_train import StepOutput, Trainer, TrainResult, build_optimizer
+from seg_models.groupvit import GroupViT, GroupViTConfig, groupvit_tokenizer
+from seg_models.pgseg import PGSeg, PGSegConfig
+from seg_train import StepOutput, Trainer, build_optimizer
 from seg_train.augment import SegAugmentConfig, augment_batch
 from seg_trainers.clip import batch_loader
 from seg_trainers.groupvit import (
     GROUPVIT_SYNTHETIC_CONFIG,
-    TRAINING_FILE,
+    GroupViTRun,
     PGLossSettings,
     _default_train,
     _parameter_groups,
+    export_grouping_model,
+    new_grouping_model,
     pgseg_loss_terms,
 )
 
@@ -252,12 +252,8 @@ def simcon_step(recipe: SimConRecipe) -> Callable[[nn.Module, dict[str, Tensor]]
     return step
 
 
-@dataclass(frozen=True)
-class SimConRun:
-    """What :func:`train_simcon` produced: the model folder and the engine's result."""
-
-    model_dir: Path
-    result: TrainResult
+SimConRun = GroupViTRun
+"""What :func:`train_simcon` produced (the same record as GroupViT's)."""
 
 
 def train_simcon(
@@ -267,7 +263,7 @@ def train_simcon(
     resume: bool = False,
     device: str | torch.device = "cpu",
     log: Callable[[str], None] | None = None,
-) -> SimConRun:
+) -> GroupViTRun:
     """Train ``recipe`` with the seg-train engine; write the GroupViT/PGSeg folder (fp16) to ``out_dir/model``.
 
     Args:
@@ -280,13 +276,7 @@ def train_simcon(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     recipe.save(out / "recipe.yaml")
-    torch.manual_seed(recipe.train.seed)
-    config = recipe.model
-    model: GroupViT = (
-        PGSeg(config.model_copy(update={"seed": recipe.train.seed}))
-        if isinstance(config, PGSegConfig)
-        else GroupViT(config)
-    )
+    model = new_grouping_model(recipe.model, recipe.train.seed)
     module = SimConModule(model, recipe.loss.predictor_hidden_dim)
     module.train()
     optimizer = build_optimizer(
@@ -299,12 +289,4 @@ def train_simcon(
     )
     trainer = Trainer(recipe.train, module, optimizer, simcon_step(recipe), out_dir=out, device=device, log=log)
     result = trainer.fit(batch_loader(views, recipe.workers), resume_from="latest" if resume else None)
-    model.eval()
-    folder = out / "model"
-    if isinstance(model, PGSeg):
-        save_pgseg(model, folder, fp16=True)
-    else:
-        save_groupvit(model, folder, fp16=True)
-    info = {"method": "simcon", "recipe": recipe.model_dump(mode="json"), "last_record": result.last_record}
-    (folder / TRAINING_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    return SimConRun(folder, result)
+    return GroupViTRun(export_grouping_model(model, out / "model", "simcon", recipe, result), result)
