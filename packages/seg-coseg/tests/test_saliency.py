@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from seg_coseg.saliency import (
     SaliencyDetector,
     SpectralSaliency,
+    colour_features,
+    concat_features,
     mask_iou,
     saliency_masks,
     spectral_bipartition,
@@ -228,3 +230,35 @@ def test_errors_name_the_argument(call: object, error: type[Exception], match: s
     assert callable(call)
     with pytest.raises(error, match=match):
         call()
+
+
+def test_colour_features_are_centred_block_means() -> None:
+    images = torch.zeros(1, 3, 4, 4)
+    images[0, 0, :2, :2] = 1.0  # red top-left 2x2 block
+    features = colour_features(images, cell=2)
+    assert features.shape == (1, 3, 2, 2)
+    # block means of channel 0: [[1, 0], [0, 0]], centred by their mean 0.25
+    assert torch.allclose(features[0, 0], torch.tensor([[0.75, -0.25], [-0.25, -0.25]]))
+    assert torch.allclose(features[0, 1:], torch.zeros(2, 2, 2))
+    with pytest.raises(ValueError, match="cell"):
+        colour_features(images, cell=0)
+    with pytest.raises(ValueError, match="smaller than one 8-pixel cell"):
+        colour_features(images, cell=8)
+
+
+def test_concat_features_weights_the_cosine_of_each_cue() -> None:
+    first = torch.randn(2, 5, 3, 3)
+    second = torch.randn(2, 2, 6, 6)
+    weight = 2.0
+    joint = concat_features([first, second], [1.0, weight])
+    assert joint.shape == (2, 7, 3, 3)
+    resized = torch.nn.functional.interpolate(second, size=(3, 3), mode="bilinear", align_corners=False)
+    a = torch.nn.functional.normalize(first, dim=1)
+    b = torch.nn.functional.normalize(resized, dim=1)
+    # inner product of two locations of the concatenation = cos_1 + w^2 cos_2
+    expected = (a[0, :, 0, 0] * a[0, :, 1, 2]).sum() + weight**2 * (b[0, :, 0, 0] * b[0, :, 1, 2]).sum()
+    assert torch.allclose((joint[0, :, 0, 0] * joint[0, :, 1, 2]).sum(), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="weights"):
+        concat_features([first, second], [1.0])
+    with pytest.raises(ValueError, match="at least one"):
+        concat_features([])

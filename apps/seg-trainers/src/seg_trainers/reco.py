@@ -87,7 +87,9 @@ __all__ = [
     "ReCoPlusRun",
     "ReCoRecipe",
     "ReCoRun",
+    "RetrievedArchive",
     "WorldImages",
+    "archive_indices",
     "build_reco",
     "export_reco_plus",
     "load_reco",
@@ -95,6 +97,7 @@ __all__ = [
     "make_pseudo_labels",
     "read_reco_info",
     "read_reco_plus_info",
+    "retrieve_world_archive",
     "train_reco_plus",
 ]
 
@@ -253,41 +256,24 @@ def build_reco(
     names = recipe.concept_names()
     context = recipe.coseg.context_concepts if recipe.coseg.context_elimination else ()
     retrieve_names = tuple(dict.fromkeys((*names, *context)))
-    collection = WorldImages(recipe.world, "index", recipe.collection_size, clip.normalization)
-
     start = time.perf_counter()
-    embed_collection(
+    retrieved = retrieve_world_archive(
         clip,
-        collection,
-        out / "store",
-        batch_size=recipe.batch_size,
-        encoder_name=clip_source,
-        collection_id=f"world {recipe.world.model_dump_json()} index 0..{recipe.collection_size - 1}",
-        progress=False if progress is None else _stage(progress, "embed"),
-    )
-    store = EmbeddingStore.open(out / "store")
-    seconds["embed"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    index = build_index(store, recipe.index)
-    text = _text_embeddings(clip, retrieve_names, recipe.templates)
-    archive = curate_archive(
-        index,
+        recipe.world,
+        recipe.collection_size,
         retrieve_names,
-        text,
-        recipe.k,
-        encoder=clip_source,
-        store=str(out / "store"),
+        out,
+        k=recipe.k,
+        clip_source=clip_source,
         templates=recipe.templates,
+        index=recipe.index,
+        batch_size=recipe.batch_size,
         dedup_threshold=recipe.dedup_threshold,
+        progress=progress,
     )
-    save_archive(archive, out / "archive.json")
-    image_labels = {collection.image_id(i): collection.labels(i) for i in _archive_indices(archive, collection)}
-    purity = archive_purity(
-        archive, image_labels, ks=sorted({1, 5, 10, 20, 30, 40, recipe.k} & set(range(1, recipe.k + 1)))
-    )
-    (out / "purity.json").write_text(json.dumps(purity, indent=2, sort_keys=True) + "\n")
-    seconds["retrieve"] = time.perf_counter() - start
+    archive, collection, text, purity = retrieved.archive, retrieved.collection, retrieved.text, retrieved.purity
+    seconds["embed"] = retrieved.seconds["embed"]
+    seconds["retrieve"] = retrieved.seconds["retrieve"]
 
     start = time.perf_counter()
     backbone = build_coseg_backbone(recipe.backbone, clip)
@@ -296,7 +282,7 @@ def build_reco(
     text_by_name = dict(zip(retrieve_names, text, strict=True))
     with torch.no_grad():
         for done, name in enumerate(retrieve_names):
-            pixels = torch.stack([collection.pixels(i) for i in _indices(archive[name].image_ids, collection)])
+            pixels = torch.stack([collection.pixels(i) for i in archive_indices(archive[name].image_ids, collection)])
             pixels = pixels.to(clip.device)
             features[name] = backbone(pixels)
             dense = clip.dense_features(
@@ -337,12 +323,104 @@ def build_reco(
     return ReCoRun(model_dir=model_dir, archive=archive, purity=purity, seconds=seconds)
 
 
-def _indices(image_ids: Sequence[str], collection: WorldImages) -> list[int]:
+@dataclass(frozen=True)
+class RetrievedArchive:
+    """What :func:`retrieve_world_archive` produced.
+
+    Attributes:
+        archive: The curated archive of every concept.
+        collection: The unlabelled collection it indexes (the world's ``index`` split).
+        text: ``[N, D]`` prompt-ensembled text embeddings of the concepts, in the order given.
+        purity: Precision@k of each archive from the world's labels (measured, never used to build anything).
+        seconds: Wall time of the ``embed`` and ``retrieve`` stages.
+    """
+
+    archive: Archive
+    collection: WorldImages
+    text: Tensor
+    purity: dict[str, dict[int, float]]
+    seconds: dict[str, float]
+
+
+def retrieve_world_archive(
+    clip: ClipModel,
+    world: WorldConfig,
+    collection_size: int,
+    names: Sequence[str],
+    out_dir: str | Path,
+    *,
+    k: int,
+    clip_source: str,
+    templates: str | tuple[str, ...] = "imagenet85",
+    index: IndexConfig | None = None,
+    batch_size: int = 128,
+    dedup_threshold: float | None = None,
+    progress: Progress | None = None,
+) -> RetrievedArchive:
+    """Embed the world's ``index`` split with CLIP, index it and curate the ``k`` nearest images of every concept.
+
+    The retrieval stage ReCo and ZUTIS share. ``out_dir`` keeps the embedding store (``store/``, resumable across
+    crashes and re-runs), ``archive.json`` and ``purity.json``.
+
+    Args:
+        clip: The CLIP whose image and text embeddings retrieve.
+        world: The world whose ``index`` split is the unlabelled collection.
+        collection_size: Images of that split.
+        names: The concepts.
+        k: Archive size per concept.
+        out_dir: Run folder.
+        clip_source: How to load ``clip`` again (recorded in the store and the archive).
+        templates: Prompt templates of the text embeddings.
+        index: The nearest-neighbour index (default: exact).
+        batch_size: Images per forward pass.
+        dedup_threshold: Drop a retrieved image this close (cosine) to a better-ranked one; ``None``: keep all.
+        progress: Called as ``progress(stage, done, total)`` with stage ``embed``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    collection = WorldImages(world, "index", collection_size, clip.normalization)
+    start = time.perf_counter()
+    embed_collection(
+        clip,
+        collection,
+        out / "store",
+        batch_size=batch_size,
+        encoder_name=clip_source,
+        collection_id=f"world {world.model_dump_json()} index 0..{collection_size - 1}",
+        progress=False if progress is None else _stage(progress, "embed"),
+    )
+    store = EmbeddingStore.open(out / "store")
+    seconds["embed"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    built = build_index(store, index if index is not None else IndexConfig())
+    text = _text_embeddings(clip, names, templates)
+    archive = curate_archive(
+        built,
+        tuple(names),
+        text,
+        k,
+        encoder=clip_source,
+        store=str(out / "store"),
+        templates=templates,
+        dedup_threshold=dedup_threshold,
+    )
+    save_archive(archive, out / "archive.json")
+    image_labels = {collection.image_id(i): collection.labels(i) for i in _archive_indices(archive, collection)}
+    purity = archive_purity(archive, image_labels, ks=sorted({1, 5, 10, 20, 30, 40, 50, 100, k} & set(range(1, k + 1))))
+    (out / "purity.json").write_text(json.dumps(purity, indent=2, sort_keys=True) + "\n")
+    seconds["retrieve"] = time.perf_counter() - start
+    return RetrievedArchive(archive=archive, collection=collection, text=text, purity=purity, seconds=seconds)
+
+
+def archive_indices(image_ids: Sequence[str], collection: WorldImages) -> list[int]:
+    """The collection indices of archive image ids (``index_000042`` -> 42)."""
     return [collection.index_of(image_id) for image_id in image_ids]
 
 
 def _archive_indices(archive: Archive, collection: WorldImages) -> list[int]:
-    return sorted({i for concept in archive.concepts for i in _indices(concept.image_ids, collection)})
+    return sorted({i for concept in archive.concepts for i in archive_indices(concept.image_ids, collection)})
 
 
 def _stage(progress: Progress, stage: str) -> Callable[[int, int], None]:

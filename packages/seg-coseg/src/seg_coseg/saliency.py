@@ -35,13 +35,14 @@ SelfMask can replace :class:`SpectralSaliency` later. This package imports no en
 takes a ``feature_fn`` (e.g. CLIP's or DINO's dense features from seg-models) from the caller.
 
 Contents: :class:`SaliencyResult`, :func:`spectral_bipartition`, :func:`saliency_masks`, :class:`SaliencyDetector`,
-:class:`SpectralSaliency`, :func:`mask_iou`.
+:class:`SpectralSaliency`, :func:`mask_iou`, and two feature builders for it: :func:`colour_features` (mean colour
+per cell, the low-level cue) and :func:`concat_features` (several feature maps on one grid, each weighted).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, get_args, runtime_checkable
 
@@ -55,6 +56,8 @@ __all__ = [
     "SaliencyResult",
     "SpectralSaliency",
     "Upsample",
+    "colour_features",
+    "concat_features",
     "mask_iou",
     "saliency_masks",
     "spectral_bipartition",
@@ -359,3 +362,62 @@ def mask_iou(pred: Tensor, target: Tensor, ignore: Tensor | None = None) -> Tens
     union = ((pred | target) & counted).flatten(1).sum(dim=1)
     iou = intersection.float() / union.clamp(min=1).float()
     return torch.where(union == 0, torch.ones_like(iou), iou)
+
+
+def colour_features(images: Tensor, cell: int = 4) -> Tensor:
+    """Mean colour of every ``cell × cell`` block, centred per image: ``[B, 3, H // cell, W // cell]``.
+
+    A low-level affinity cue for :func:`spectral_bipartition`: cosine similarity of centred colours is high between
+    cells whose colour departs from the image mean in the same direction. On scene images where a thing's colour
+    is much of its identity (the synthetic world) it complements semantic features (``docs/methods/zutis.md``).
+
+    Args:
+        images: ``[B, 3, H, W]`` RGB in [0, 1], ``H`` and ``W`` at least ``cell``.
+        cell: Block side in pixels (>= 1).
+
+    Raises:
+        ValueError: bad images or cell.
+    """
+    checked = _check_images(images)
+    if isinstance(cell, bool) or cell < 1:
+        raise ValueError(f"cell must be an int >= 1 (block side in pixels), got {cell!r}")
+    if checked.shape[-2] < cell or checked.shape[-1] < cell:
+        raise ValueError(f"images of size {tuple(checked.shape[-2:])} are smaller than one {cell}-pixel cell")
+    pooled = F.avg_pool2d(checked.float(), cell)
+    return pooled - pooled.mean(dim=(2, 3), keepdim=True)
+
+
+def concat_features(maps: Sequence[Tensor], weights: Sequence[float] | None = None) -> Tensor:
+    """Concatenate feature maps on the grid of the first one, each L2-normalised per location, then weighted.
+
+    Normalising each map per location makes its contribution to a cosine affinity independent of its scale and
+    channel count, so ``weights`` say how much each cue counts: with two maps and weights ``(1, w)`` the cosine of
+    the concatenation is ``(cos_1 + w² cos_2) / (1 + w²)``.
+
+    Args:
+        maps: ``[B, C_i, h_i, w_i]`` feature maps of one batch; later maps are resized bilinearly to the first grid.
+        weights: One non-negative weight per map (default all 1).
+
+    Raises:
+        ValueError: no maps, different batch sizes, or a bad weight list.
+    """
+    if len(maps) == 0:
+        raise ValueError("maps must hold at least one [B, C, h, w] feature map")
+    weights = [1.0] * len(maps) if weights is None else list(weights)
+    if len(weights) != len(maps) or any(not math.isfinite(w) or w < 0 for w in weights):
+        raise ValueError(f"weights must be {len(maps)} finite numbers >= 0, got {weights!r}")
+    first = maps[0]
+    if first.ndim != 4:
+        raise ValueError(f"maps[0] must be [B, C, h, w], got shape {tuple(first.shape)}")
+    grid = (int(first.shape[-2]), int(first.shape[-1]))
+    parts = []
+    for index, (feature, weight) in enumerate(zip(maps, weights, strict=True)):
+        if feature.ndim != 4 or feature.shape[0] != first.shape[0]:
+            raise ValueError(
+                f"maps[{index}] must be [B, C, h, w] with B={first.shape[0]}, got shape {tuple(feature.shape)}"
+            )
+        resized = feature.float()
+        if tuple(resized.shape[-2:]) != grid:
+            resized = F.interpolate(resized, size=grid, mode="bilinear", align_corners=False)
+        parts.append(F.normalize(resized, dim=1) * weight)
+    return torch.cat(parts, dim=1)
