@@ -31,6 +31,7 @@ from seg_eval.presets import (
     unregister_preset,
 )
 from seg_eval.presets.builtin import DATASET_LABEL_FILES
+from seg_eval.world.classes import THING_NAMES
 
 ALL = list_presets()
 
@@ -63,6 +64,7 @@ def test_every_family_is_there() -> None:
         "zutis-coco-object",
         "zutis-imagenet-s919",
         "synthetic",
+        "synthetic-object",
     ):
         assert name in ALL
 
@@ -87,6 +89,11 @@ def test_preset_class_names_are_the_dataset_labels(name: str) -> None:
     assert preset.dataset in DATASET_NAMES or preset.dataset == "synthetic"
     if preset.class_names is None:  # taken from the dataset at evaluation time
         assert preset.dataset in {"synthetic", "imagenet-s919"}
+        return
+    if preset.dataset == "synthetic":  # synthetic-object: the world's things on a background view of the world
+        assert preset.class_names == ("background", *THING_NAMES)
+        assert preset.background.kind == "class"
+        assert preset_concepts(name).label_names == preset.class_names
         return
     label_file = DATASET_LABEL_FILES[preset.dataset]
     assert preset.class_names == read_class_names(label_file)

@@ -18,7 +18,8 @@ reader              benchmark                                              ``ope
 :class:`ImageNetS`      ImageNet-S 919 / 300 / 50 (+ other)                    ``imagenet-s919`` ...
 ==================  =====================================================  =======================
 
-See ``docs/evaluation.md`` for each layout.
+See ``docs/evaluation.md`` for each layout. :class:`BackgroundView` relabels any of them onto "background + some of
+its classes" (the COCO-Object construction); :func:`view_for_preset` applies the view a protocol preset asks for.
 """
 
 from seg_eval.datasets.ade20k import ADE20K
@@ -53,15 +54,18 @@ from seg_eval.datasets.layout import (
     unregister_layout,
 )
 from seg_eval.datasets.pascal import PascalContext, PascalVOC
+from seg_eval.datasets.views import BACKGROUND_NAMES, BackgroundView, view_for_preset
 
 __all__ = [
     "ADE20K",
+    "BACKGROUND_NAMES",
     "CITYSCAPES_TRAIN_IDS",
     "COCO_STUFF_UNUSED_IDS",
     "DATASET_NAMES",
     "IGNORE_INDEX",
     "IMAGENET_S_IGNORE_INDEX",
     "KITTISTEP",
+    "BackgroundView",
     "BenchmarkDataset",
     "COCOObject",
     "COCOStuff",
@@ -85,4 +89,5 @@ __all__ = [
     "read_index_png",
     "register_layout",
     "unregister_layout",
+    "view_for_preset",
 ]

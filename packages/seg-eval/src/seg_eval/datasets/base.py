@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
+
+if TYPE_CHECKING:  # the readers stay free of torch and pycocotools; only the annotation names this type
+    from seg_eval.metrics.mask_ap import InstanceTargets
 
 __all__ = [
     "IGNORE_INDEX",
@@ -44,11 +47,15 @@ class Sample:
         label: ``(H, W)`` class ids, uint8 (int64 when a benchmark has more than 255 labels, ImageNet-S); the
             reader's ``ignore_index`` (255 unless stated) marks pixels the metrics skip.
         image_id: The image's id in the benchmark (file stem, or ``city/stem`` style where stems repeat).
+        instances: The image's ground-truth object instances for mask AP, or ``None`` when the reader has none:
+            :class:`~seg_eval.metrics.InstanceTargets` with ``[M, H, W]`` bool masks and ``[M]`` int labels in
+            the reader's ``class_names`` space (an image without objects has ``M = 0``).
     """
 
     image: ImageArray
     label: LabelArray
     image_id: str
+    instances: InstanceTargets | None = None
 
 
 @runtime_checkable

@@ -27,6 +27,7 @@ from seg_core import (
 )
 from seg_eval.presets.class_names import read_class_names, read_prompt_names
 from seg_eval.presets.registry import PresetInfo, register_preset
+from seg_eval.world.classes import CLASSES
 
 __all__ = ["BUILTIN_PRESETS", "DATASET_LABEL_FILES", "register_builtin_presets"]
 
@@ -342,6 +343,31 @@ BUILTIN_PRESETS.append(
             notes=(
                 "The synthetic world's 64 px images are segmented whole at their size; class names are read from "
                 "the written world (world.json) at evaluation time. Every pixel is a stuff or a thing: no background."
+            ),
+        ),
+    )
+)
+
+# --- the synthetic world, COCO-Object style: the 14 things on background (stuff is background), ZUTIS's protocol ----
+
+BUILTIN_PRESETS.append(
+    (
+        ProtocolPreset(
+            name="synthetic-object",
+            dataset="synthetic",
+            resize=ResizeRule(),
+            mode="whole",
+            class_names=("background", *(c.name for c in CLASSES if c.kind == "thing")),
+            templates="imagenet85",
+            background=BackgroundClass(names=("background",)),
+            normalization=CLIP_MEAN_STD,
+        ),
+        PresetInfo(
+            papers=("seg (this project)",),
+            source="seg_eval.world, seg_eval.datasets.views.BackgroundView",
+            notes=(
+                "COCO-Object-style view of the world: the 14 things and background; every stuff pixel is "
+                "background. The protocol of ZUTIS (literal 'background' prompt)."
             ),
         ),
     )

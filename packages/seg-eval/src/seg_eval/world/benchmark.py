@@ -1,15 +1,20 @@
 """The synthetic world as an evaluation dataset (the :class:`~seg_eval.datasets.SegmentationDataset` protocol).
 
 The evaluator reads every benchmark through the same protocol: ``class_names``, ``ignore_index``, ``len`` and
-``[i] -> Sample(image, label, image_id)``. These adapters give the world that shape, from a written folder (the
-way ``seg eval --dataset DIR`` sees it) or rendered in memory (no disk: tests and the demo).
+``[i] -> Sample(image, label, image_id, instances)``. These adapters give the world that shape, from a written folder
+(the way ``seg eval --dataset DIR`` sees it) or rendered in memory (no disk: tests and the demo). ``instances`` holds
+the visible thing instances (non-empty masks, label = class id in ``class_names``), the ground truth of mask AP.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+
 from seg_eval.datasets.base import Sample
+from seg_eval.metrics.mask_ap import InstanceTargets
 from seg_eval.world.classes import CLASSES, IGNORE_LABEL
 from seg_eval.world.config import SPLITS, SplitName, WorldConfig
 from seg_eval.world.dataset import WorldDataset
@@ -17,7 +22,29 @@ from seg_eval.world.io import Layout
 from seg_eval.world.sample import WorldSample
 from seg_eval.world.scene import render
 
-__all__ = ["RenderedWorldBenchmark", "WorldBenchmark"]
+__all__ = ["RenderedWorldBenchmark", "WorldBenchmark", "instance_targets"]
+
+_WORLD_LABELS: dict[int, int] = {world_class.id: index for index, world_class in enumerate(CLASSES)}
+
+
+def instance_targets(sample: WorldSample, labels: Mapping[int, int] | None = None) -> InstanceTargets:
+    """The ground truth of mask AP of a world image: its visible thing instances with a non-empty mask.
+
+    Args:
+        sample: The rendered or read-back image.
+        labels: World class id -> label id in the dataset's ``class_names``; default the world's own class table
+            (label id = class id).
+
+    Returns:
+        ``[M, H, W]`` bool masks and ``[M]`` int64 labels, in painting order (``M`` may be 0).
+    """
+    table = _WORLD_LABELS if labels is None else labels
+    masks = sample.instance_masks()
+    visible = [int(index) for index in np.flatnonzero(masks.reshape(masks.shape[0], -1).any(axis=1))]
+    return InstanceTargets(
+        masks=masks[visible],
+        labels=np.array([table[sample.instances[index].class_id] for index in visible], dtype=np.int64),
+    )
 
 
 class WorldBenchmark:
@@ -37,13 +64,19 @@ class WorldBenchmark:
         self.root = Path(root)
         self.split = split
         self.class_names: tuple[str, ...] = tuple(c.name for c in self._dataset.info.classes)
+        self._labels = {world_class.id: index for index, world_class in enumerate(self._dataset.info.classes)}
 
     def __len__(self) -> int:
         return len(self._dataset)
 
     def __getitem__(self, index: int) -> Sample:
         sample = self._dataset[index]
-        return Sample(image=sample.image, label=sample.semantic, image_id=sample.stem)
+        return Sample(
+            image=sample.image,
+            label=sample.semantic,
+            image_id=sample.stem,
+            instances=instance_targets(sample, self._labels),
+        )
 
 
 class RenderedWorldBenchmark:
@@ -75,4 +108,6 @@ class RenderedWorldBenchmark:
         if not 0 <= index < self.num:
             raise IndexError(f"index {index} out of range for {self.num} images")
         sample = render(self.config, self.split, index)
-        return Sample(image=sample.image, label=sample.semantic, image_id=sample.stem)
+        return Sample(
+            image=sample.image, label=sample.semantic, image_id=sample.stem, instances=instance_targets(sample)
+        )
