@@ -36,6 +36,8 @@ IMPLEMENTED_MODULES = (
     "groupvit",
     "pgseg",
     "weights",
+    "zutis",
+    "proposals",
 )
 
 

@@ -23,12 +23,15 @@ Available modules:
         official ``.pth`` and transformers checkpoints, ``load_groupvit``/``save_groupvit``.
     seg_models.pgseg: PGSeg: GroupViT with PG units (I-NPR reconstruction, EM prototypes, T-NPR, momentum
         prototypes), ``PGSeg``, ``load_pgseg``/``save_pgseg``; segment with ``GroupViTSegmenter``.
+    seg_models.zutis: ZUTIS: CLIP ViT fine-tuned into the text space plus a query decoder for instances
+        (``ZUTIS``, ``ZUTISSegmenter``, ``predict_instances``, ``mask_nms``, ``save_zutis``/``load_zutis``).
+    seg_models.proposals: Connected components per class as instance proposals (ZUTIS's MaskCLIP instance
+        baseline): ``connected_components``, ``semantic_instances``.
     seg_models.weights: ``export_state_dict``, the state dict every model folder stores (optionally fp16).
 
 Skeleton modules (they exist so the package map is complete and export nothing until the issue named beside
 them lands; see docs/architecture.md):
 
-    seg_models.zutis: ZUTIS: text-aligned image encoder and query-based instance decoder (ZUTIS issue).
     seg_models.reclip: ReCLIP++: reference prompt, positional projection, mask decoder; student segmenter (ReCLIP++
         issue).
 
@@ -37,9 +40,6 @@ Submodules are not imported here, so ``import seg_models`` stays light (no torch
 
 from seg_models.__about__ import __version__
 
-SKELETON_MODULES: tuple[str, ...] = (
-    "zutis",
-    "reclip",
-)
+SKELETON_MODULES: tuple[str, ...] = ("reclip",)
 
 __all__ = ["SKELETON_MODULES", "__version__"]
