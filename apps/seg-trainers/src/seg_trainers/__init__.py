@@ -2,8 +2,9 @@
 
 Available: ``clip`` (the reference synthetic-world CLIP recipe), ``reco`` (ReCo: retrieval + co-segmentation into
 reference embeddings; ReCo+: a DeepLabv3+ trained on ReCo's pseudo-labels), ``groupvit`` (GroupViT with InfoNCE and
-PGSeg with its PG losses, trained from scratch on the world's image-text pairs) and ``simcon`` (the same models with
-SimCon or MV-SimCon). The other modules are skeletons that exist so the package map is complete and installable,
+PGSeg with its PG losses, trained from scratch on the world's image-text pairs), ``simcon`` (the same models with
+SimCon or MV-SimCon) and ``zutis`` (ZUTIS: archives, saliency pseudo-masks, copy-paste, the text-aligned encoder and
+the instance decoder). The other modules are skeletons that exist so the package map is complete and installable,
 each empty until the issue named beside it lands (see docs/architecture.md):
 
     seg_trainers.clip: Training the reference synthetic-world CLIP from scratch (CLIP/MaskCLIP issue).
@@ -17,9 +18,6 @@ each empty until the issue named beside it lands (see docs/architecture.md):
 
 from seg_trainers.__about__ import __version__
 
-SKELETON_MODULES: tuple[str, ...] = (
-    "zutis",
-    "reclip",
-)
+SKELETON_MODULES: tuple[str, ...] = ("reclip",)
 
 __all__ = ["SKELETON_MODULES", "__version__"]
