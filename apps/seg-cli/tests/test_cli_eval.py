@@ -42,9 +42,9 @@ def test_eval_of_a_method_not_landed_exits_2_before_work(
     run_seg: Callable[..., Any], tiny_world: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "r.json"
-    result = run_seg("eval", "--method", "zutis", "--dataset", str(tiny_world), "--out", str(out))
+    result = run_seg("eval", "--method", "reclip", "--dataset", str(tiny_world), "--out", str(out))
     assert result.exit_code == 2
-    assert "Not available yet: seg eval --method zutis" in result.text
+    assert "Not available yet: seg eval --method reclip" in result.text
     assert not out.exists()
 
 

@@ -7,7 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
+from PIL import Image
 
 from seg_eval.world import generate_split
 
@@ -125,3 +127,62 @@ def test_train_pgseg_config_typo_names_the_field(run_seg: Callable[..., Any], tm
     result = run_seg("train", "pgseg", "--config", str(config), "--out", str(tmp_path / "run"))
     assert result.exit_code == 1
     assert "image_wieght" in result.text
+
+
+def test_train_zutis_then_eval_and_predict(run_seg: Callable[..., Any], tmp_path: Path) -> None:
+    config = tmp_path / "zutis.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "method": "zutis",
+                "collection_size": 40,
+                "k": 4,
+                "concepts": ["cow", "car"],
+                "templates": ["a photo of a {}."],
+                "model": {"num_queries": 4, "decoder_layers": 2, "decoder_heads": 2, "decoder_dim": 16},
+                "batch_size": 2,
+                "train": {"max_steps": 2, "progress": False, "tensorboard": False},
+            }
+        )
+    )
+    run = tmp_path / "zutis-run"
+    result = run_seg("train", "zutis", "--config", str(config), "--out", str(run))
+    assert result.exit_code == 0, result.text
+    assert "pseudo-masks: mean IoU" in result.text
+    model = run / "model"
+    assert json.loads((model / "zutis.json").read_text())["method"] == "zutis"
+
+    world = tmp_path / "world"
+    generate_split(world, "val", 3, seed=7, fmt="coco")
+    out = tmp_path / "r.json"
+    result = run_seg(
+        "eval", "--method", "zutis", "--model", f"local-dir:{model}", "--dataset", str(world), "--out", str(out)
+    )
+    assert result.exit_code == 0, result.text
+    record = json.loads(out.read_text())
+    # The default protocol of ZUTIS on the world is synthetic-object: background + the 14 things, with mask AP.
+    assert record["protocol"]["name"] == "synthetic-object"
+    assert record["protocol"]["class_names"][0] == "background"
+    assert set(record["instance_metrics"]) == {"class_aware", "class_agnostic"}
+    assert "mask AP" in result.text
+
+    image = next((world / "images" / "val").iterdir())
+    predictions = tmp_path / "predictions"
+    result = run_seg(
+        "predict", str(image), "-m", "zutis", "-c", "cow,car", "--model", f"local-dir:{model}", "-o", str(predictions)
+    )
+    assert result.exit_code == 0, result.text
+    with Image.open(predictions / f"{image.stem}_labels.png") as labels:
+        assert int(np.asarray(labels).max()) <= 2  # background, cow, car
+    instances = json.loads((predictions / f"{image.stem}_instances.json").read_text())
+    assert all(entry["class"] in {"cow", "car"} and 0.0 <= entry["score"] <= 1.0 for entry in instances)
+    assert (predictions / f"{image.stem}_instances.png").is_file()
+
+
+def test_train_zutis_unknown_class_names_the_field(run_seg: Callable[..., Any], tmp_path: Path) -> None:
+    config = tmp_path / "zutis.yaml"
+    config.write_text("method: zutis\nconcepts: [cow, unicorn]\n")
+    result = run_seg("train", "zutis", "--config", str(config), "--out", str(tmp_path / "run"))
+    assert result.exit_code == 1
+    assert "unicorn" in result.text
+    assert not (tmp_path / "run").exists()

@@ -26,10 +26,10 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
 UNAVAILABLE: list[tuple[str, list[str], str]] = [
     (
         "predict",
-        ["predict", "{image}", "--method", "zutis", "--classes", "cat,dog", "--out", "{out}"],
-        "the zutis issue",
+        ["predict", "{image}", "--method", "reclip", "--classes", "cat,dog", "--out", "{out}"],
+        "the reclip issue",
     ),
-    ("train zutis", ["train", "zutis", "--config", "{config}", "--out", "{out}"], "the zutis issue"),
+    ("train reclip", ["train", "reclip", "--config", "{config}", "--out", "{out}"], "the reclip issue"),
     ("zoo list", ["zoo", "list", "reco-*"], "seg-zoo"),
     ("zoo info", ["zoo", "info", "maskclip-vit-b16.openai"], "seg-zoo"),
     ("zoo pull", ["zoo", "pull", "hf-hub:org/name", "--out", "{out}"], "seg-zoo"),

@@ -116,7 +116,8 @@ def test_train_zutis_end_to_end_with_a_random_clip(tmp_path: Path) -> None:
     image = WorldImages(recipe.world, "val", 1).pixels(0)[None]
     output = segmenter.segment(image, ConceptSet(names=("cow", "car"), background=BackgroundClass()))
     assert output.logits.shape == (1, 3, 64, 64)
-    assert output.instances is not None and len(output.instances) == 1
+    assert output.instances is not None
+    assert len(output.instances) == 1
     instances = output.instances[0]
     assert instances.masks.shape[1:] == (64, 64)
     assert bool(((instances.labels >= 1) & (instances.labels <= 2)).all())

@@ -20,8 +20,11 @@ from seg_cli.console import progress_bar, stderr_console, stdout_console
 from seg_cli.probes import Availability, ProbeResult, method_statuses, piece_statuses
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from seg_core import ConceptSet, ProtocolPreset
     from seg_eval.datasets import SegmentationDataset
+    from seg_eval.metrics.mask_ap import MaskAPResult
 
 __all__ = ["demo", "run_demo", "status_tables"]
 
@@ -100,8 +103,10 @@ def run_demo(*, out: Path, num: int, seed: int, model: str | None, overlays: int
     """The end-to-end demo; returns the results records it wrote."""
     import numpy as np
 
+    from seg_cli.evaluate import OBJECT_METHODS
     from seg_cli.report import ReportRow, write_report
     from seg_cli.segmenters import AVAILABLE_METHODS, CLIP_METHODS, build_segmenter
+    from seg_eval.datasets import view_for_preset
     from seg_eval.evaluator import evaluate, image_to_tensor, write_results
     from seg_eval.presets import get_preset
     from seg_eval.world import CLASSES, STUFF_NAMES, THING_NAMES, WorldConfig, generate_split
@@ -111,9 +116,15 @@ def run_demo(*, out: Path, num: int, seed: int, model: str | None, overlays: int
     errors = stderr_console()
     world_dir = out / "world"
     preset = get_preset("synthetic")
+    object_preset = get_preset("synthetic-object")
+    # The object-protocol rows: the instance-aware methods, and MaskCLIP under the same protocol as their baseline.
+    runs = [(method, preset) for method in AVAILABLE_METHODS if method not in OBJECT_METHODS]
+    if any(method in AVAILABLE_METHODS for method in OBJECT_METHODS):
+        runs += [("maskclip", object_preset)] + [(m, object_preset) for m in OBJECT_METHODS if m in AVAILABLE_METHODS]
     try:  # load every model before any work, so a missing model fails at once
         segmenters = [
-            build_segmenter(method, model if method in CLIP_METHODS else None, preset) for method in AVAILABLE_METHODS
+            (build_segmenter(method, model if method in CLIP_METHODS else None, protocol), protocol)
+            for method, protocol in runs
         ]
     except FileNotFoundError as error:
         errors.print(f"[bold red]seg demo:[/] {error}")
@@ -132,13 +143,13 @@ def run_demo(*, out: Path, num: int, seed: int, model: str | None, overlays: int
 
     records = []
     predictions: dict[str, list[np.ndarray]] = {}
-    for built in segmenters:
-        method = built.method
-        with progress_bar(f"{method}: segment and evaluate", num) as update:
+    for built, protocol in segmenters:
+        name = built.method if protocol is preset else f"{built.method}*"
+        with progress_bar(f"{name}: segment and evaluate", num) as update:
             record = evaluate(
                 built.segmenter,
                 dataset,
-                preset=preset,
+                preset=protocol,
                 method=built.method,
                 model=built.model,
                 dataset_name="synthetic",
@@ -146,24 +157,28 @@ def run_demo(*, out: Path, num: int, seed: int, model: str | None, overlays: int
                 progress=update,
             )
         records.append(record)
+        view = view_for_preset(dataset, protocol)
+        to_world = np.array([_world_id(label) for label in view.class_names] + [255] * (256 - len(view.class_names)))
         with torch_inference():
-            predictions[method] = [
-                built.segmenter.segment(image_to_tensor(dataset[i].image), _concepts(preset, dataset))
-                .labels[0]
-                .numpy()
-                .astype(np.uint8)
+            predictions[name] = [
+                to_world[
+                    built.segmenter.segment(image_to_tensor(dataset[i].image), _concepts(protocol, view))
+                    .labels[0]
+                    .numpy()
+                ].astype(np.uint8)
                 for i in range(min(overlays, len(dataset)))
             ]
 
-    columns = ["method", "model", "mIoU", "thing mIoU", "stuff mIoU", "pixel acc.", "seconds"]
+    columns = ["method", "model", "mIoU", "thing mIoU", "stuff mIoU", "pixel acc.", "mask AP", "seconds"]
     rows = [
         [
-            r.method,
+            r.method if r.preset is preset else f"{r.method}*",
             r.model,
             f"{r.metrics.miou:.3f}",
             f"{r.metrics.miou_over(THING_NAMES):.3f}",
-            f"{r.metrics.miou_over(STUFF_NAMES):.3f}",
+            f"{r.metrics.miou_over(STUFF_NAMES):.3f}" if r.preset is preset else "-",
             f"{r.metrics.pixel_accuracy:.3f}",
+            _mask_ap(r.instance_metrics),
             f"{r.seconds:.1f}",
         ]
         for r in records
@@ -176,6 +191,11 @@ def run_demo(*, out: Path, num: int, seed: int, model: str | None, overlays: int
     for row in rows:
         table.add_row(row[0], *row[2:])
     console.print(table)
+    if any(r.preset is not preset for r in records):
+        console.print(
+            "* protocol synthetic-object: background + the 14 things, every stuff pixel is background (ZUTIS's "
+            "protocol; MaskCLIP prompts the word 'background'); mask AP: COCO mask AP of the predicted instances"
+        )
 
     out.mkdir(parents=True, exist_ok=True)
     results_path = write_results(records, out / "results.json")
@@ -183,6 +203,7 @@ def run_demo(*, out: Path, num: int, seed: int, model: str | None, overlays: int
     for world_class in CLASSES:
         colors[world_class.id] = world_class.color
     colors[255] = (224, 224, 192)
+    colors[_BACKGROUND_COLOR_ID] = (96, 96, 96)
     report_rows = [
         ReportRow(
             image_id=dataset[i].image_id,
@@ -208,6 +229,23 @@ def run_demo(*, out: Path, num: int, seed: int, model: str | None, overlays: int
     console.print(f"wrote {report} and {results_path}")
     data: list[dict[str, object]] = [record.to_dict() for record in records]
     return data
+
+
+_BACKGROUND_COLOR_ID = 254
+"""Colour-table slot of "background" in the object protocol's overlays (world class ids stop at 20)."""
+
+
+def _world_id(name: str) -> int:
+    """The world class id of a label name, for colouring overlays in one table; background gets its own slot."""
+    from seg_eval.world.classes import class_by_name
+
+    return _BACKGROUND_COLOR_ID if name == "background" else class_by_name(name).id
+
+
+def _mask_ap(metrics: Mapping[str, MaskAPResult] | None) -> str:
+    if metrics is None or metrics["class_aware"].ap is None:
+        return "-"
+    return f"{metrics['class_aware'].ap:.3f}"
 
 
 def _concepts(preset: ProtocolPreset, dataset: SegmentationDataset) -> ConceptSet:

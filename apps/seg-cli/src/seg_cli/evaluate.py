@@ -93,17 +93,33 @@ def evaluate(
             raise typer.Exit(code=1) from None
     write_results(record, out)
     metrics = record.metrics
+    instances = ""
+    if record.instance_metrics is not None:
+        aware, agnostic = record.instance_metrics["class_aware"], record.instance_metrics["class_agnostic"]
+        instances = (
+            f", mask AP {_fraction(aware.ap)} (AP50 {_fraction(aware.ap50)}, AP75 {_fraction(aware.ap75)}; "
+            f"class-agnostic AP {_fraction(agnostic.ap)})"
+        )
     stdout_console().print(
         f"{built.method} ({built.model}) on {data_name}: mIoU {metrics.miou:.3f}, pixel accuracy "
-        f"{metrics.pixel_accuracy:.3f} over {record.num_images} images; protocol {protocol.name} "
+        f"{metrics.pixel_accuracy:.3f}{instances} over {record.num_images} images; protocol {protocol.name} "
         f"[{record.signature}]; written to {out}"
     )
 
 
+def _fraction(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+OBJECT_METHODS = ("zutis",)
+"""Methods trained with a literal "background" class: on the world they are evaluated under ``synthetic-object``."""
+
+
 def _default_preset(method: str, dataset_name: str, known: tuple[str, ...]) -> str:
-    """``<method>-<dataset>`` when registered, else the dataset's first preset; ``synthetic`` for the world."""
+    """``<method>-<dataset>`` when registered, else the dataset's first preset; on the world ``synthetic`` (21
+    classes), or ``synthetic-object`` (background + things) for the methods of :data:`OBJECT_METHODS`."""
     if dataset_name == "synthetic":
-        return "synthetic"
+        return "synthetic-object" if method in OBJECT_METHODS else "synthetic"
     for candidate in (f"{method}-{dataset_name}", *(p for p in known if p.endswith(f"-{dataset_name}"))):
         if candidate in known:
             return candidate

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -57,6 +57,10 @@ def predict(
     Writes, per image, OUT/<name>_labels.png (a palette PNG whose pixel values are the class ids, in the order of
     --classes) and OUT/<name>_overlay.png (the image with the label colours and a legend). Any RGB, RGBA or
     greyscale image of any size works; predictions are at the image's own size.
+
+    Instance-aware methods (zutis) predict a "background" class too (label 0; the classes are then 1, 2, ...) and
+    also write OUT/<name>_instances.png (every instance outlined in its own colour, the legend giving its class and
+    score) and OUT/<name>_instances.json (class, score, box and area of each instance).
     """
     from seg_cli.segmenters import ensure_available
 
@@ -74,16 +78,20 @@ def _predict(images: list[Path], *, method: str, names: tuple[str, ...], model: 
 
     from seg_cli.report import class_colors, legend_image, overlay
     from seg_cli.segmenters import build_segmenter
-    from seg_core import ConceptSet, ConfigError
+    from seg_core import BackgroundClass, ConceptSet, ConfigError, NoBackground
     from seg_eval.evaluator import image_to_tensor
 
-    concepts = ConceptSet(names=names, templates="imagenet85")
+    instance_aware = method in INSTANCE_METHODS
+    concepts = ConceptSet(
+        names=names, templates="imagenet85", background=BackgroundClass() if instance_aware else NoBackground()
+    )
+    label_names = concepts.label_names
     try:
-        built = build_segmenter(method, model, _predict_preset)
+        built = build_segmenter(method, model, _whole_preset if instance_aware else _predict_preset)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         stderr_console().print(f"[bold red]seg predict:[/] {error}")
         raise typer.Exit(code=1) from None
-    colors = class_colors(len(names))
+    colors = class_colors(len(label_names))
     out.mkdir(parents=True, exist_ok=True)
     console, errors = stdout_console(), stderr_console()
     failures = 0
@@ -100,20 +108,82 @@ def _predict(images: list[Path], *, method: str, names: tuple[str, ...], model: 
             failures += 1
             continue
         with torch.inference_mode():
-            labels = built.segmenter.segment(image_to_tensor(rgb), concepts).labels[0].cpu().numpy().astype(np.uint8)
+            output = built.segmenter.segment(image_to_tensor(rgb), concepts)
+        labels = output.labels[0].cpu().numpy().astype(np.uint8)
         label_png = Image.fromarray(labels, mode="P")
         label_png.putpalette(colors.tobytes())
         label_path = out / f"{path.stem}_labels.png"
         label_png.save(label_path)
-        counts = np.bincount(labels.ravel(), minlength=len(names))
+        counts = np.bincount(labels.ravel(), minlength=len(label_names))
         present = [i for i in np.argsort(-counts) if counts[i] > 0]
         entries = [
-            (f"{names[i]} {100 * counts[i] / labels.size:.0f}%", tuple(int(c) for c in colors[i])) for i in present
+            (f"{label_names[i]} {100 * counts[i] / labels.size:.0f}%", tuple(int(c) for c in colors[i]))
+            for i in present
         ]
         overlay_path = out / f"{path.stem}_overlay.png"
         Image.fromarray(legend_image(overlay(rgb, labels, colors), entries)).save(overlay_path)  # type: ignore[arg-type]
         console.print(f"{path.name}: " + ", ".join(name for name, _ in entries) + f" -> {label_path}, {overlay_path}")
+        if output.instances is not None:
+            _write_instances(rgb, output.instances[0], label_names, out / path.stem)
     return failures
+
+
+INSTANCE_METHODS = ("zutis",)
+"""Methods that predict instances (and a literal "background" class)."""
+
+
+def _write_instances(rgb: Any, instances: Any, label_names: tuple[str, ...], stem: Path) -> None:
+    """``<stem>_instances.png`` (outlined instances, legend "class score") and ``<stem>_instances.json``."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from seg_cli.report import class_colors, instance_overlay, legend_image
+
+    order = instances.scores.argsort(descending=True)
+    masks = instances.masks[order].cpu().numpy().astype(bool)
+    scores = instances.scores[order].cpu().tolist()
+    labels = instances.labels[order].cpu().tolist()
+    palette = class_colors(255)[1 : 1 + max(len(labels), 1)]
+    colors = np.stack([palette[i % len(palette)] for i in range(len(labels))]) if labels else palette[:0]
+    entries = [
+        (f"{label_names[label]} {score:.2f}", (int(color[0]), int(color[1]), int(color[2])))
+        for label, score, color in zip(labels, scores, colors, strict=True)
+    ]
+    picture = legend_image(instance_overlay(rgb, masks, colors), entries)
+    Image.fromarray(picture).save(f"{stem}_instances.png")
+    records = []
+    for mask, label, score in zip(masks, labels, scores, strict=True):
+        rows, cols = np.nonzero(mask)
+        box = [int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1] if rows.size else None
+        records.append(
+            {"class": label_names[label], "score": round(score, 4), "box_xyxy": box, "area": int(mask.sum())}
+        )
+    Path(f"{stem}_instances.json").write_text(json.dumps(records, indent=2) + "\n")
+    stdout_console().print(
+        f"  {len(records)} instances: "
+        + ", ".join(f"{r['class']} {r['score']:.2f}" for r in records[:8])
+        + (" ..." if len(records) > 8 else "")
+        + f" -> {stem}_instances.png"
+    )
+
+
+def _whole_preset(clip: ModelGeometry) -> ProtocolPreset:
+    """Whole-image inference (ZUTIS predicts instances from one pass): small models (trained below 224 px) see the
+    image resized to their training size's short side, large ones the image at its own size (the official
+    protocol)."""
+    from seg_core import BackgroundClass, ProtocolPreset, ResizeRule
+
+    crop = min(clip.image_size)
+    return ProtocolPreset(
+        name=f"predict-whole-{crop}",
+        resize=ResizeRule(short_side=crop) if crop < 224 else ResizeRule(),
+        mode="whole",
+        templates="imagenet85",
+        background=BackgroundClass(),
+        normalization=clip.normalization,
+    )
 
 
 def _predict_preset(clip: ModelGeometry) -> ProtocolPreset:

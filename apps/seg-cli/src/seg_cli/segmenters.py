@@ -13,6 +13,8 @@ Model sources:
 - ``groupvit``: ``None`` (the bundled synthetic-world GroupViT), a folder written by ``seg train groupvit`` or
   ``save_groupvit`` or transformers' ``save_pretrained``, ``hf-hub:nvidia/groupvit-gcc-yfcc``, or an official ``.pth``.
 - ``pgseg``: ``None`` (the bundled synthetic-world PGSeg) or a folder written by ``seg train pgseg``.
+- ``zutis``: ``None`` (the bundled synthetic-world ZUTIS) or a folder written by ``seg train zutis``; the CLIP it
+  names in ``zutis.json`` (whose text tower classifies) is loaded as above.
 
 GroupViT and PGSeg always normalise pixels with the statistics they were trained with (their config's
 ``normalization``), whatever the preset says.
@@ -48,8 +50,9 @@ BUNDLED_DEFAULTS = {
     "reco-plus": "reco-plus-synthetic",
     "groupvit": "groupvit-synthetic",
     "pgseg": "pgseg-synthetic",
+    "zutis": "zutis-synthetic",
 }
-AVAILABLE_METHODS: tuple[str, ...] = (*CLIP_METHODS, "reco", "reco-plus", "groupvit", "pgseg")
+AVAILABLE_METHODS: tuple[str, ...] = (*CLIP_METHODS, "reco", "reco-plus", "groupvit", "pgseg", "zutis")
 """Methods whose model code has landed, in the order ``seg demo`` runs them."""
 
 
@@ -191,5 +194,12 @@ def build_segmenter(
         protocol = preset(geometry) if callable(preset) else preset
         protocol = protocol.model_copy(update={"normalization": grouping.config.normalization})
         return BuiltSegmenter(GroupViTSegmenter(grouping, protocol), method, recorded)
+    if method == "zutis":
+        from seg_models.zutis import load_zutis, read_zutis_info
+
+        folder, recorded = model_folder(method, model)
+        clip, _ = load_clip_source(str(read_zutis_info(folder)["clip"]))
+        protocol = preset(clip) if callable(preset) else preset
+        return BuiltSegmenter(load_zutis(folder, clip, protocol), method, recorded)
     ensure_available(method, "seg")
     raise AssertionError(f"method {method!r} is available but has no builder")

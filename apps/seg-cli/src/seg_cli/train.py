@@ -11,7 +11,7 @@ from seg_cli.unavailable import not_available
 
 __all__ = ["TRAINABLE_METHODS", "train"]
 
-TRAINABLE_METHODS = ("reco", "reco-plus", "groupvit", "pgseg")
+TRAINABLE_METHODS = ("reco", "reco-plus", "groupvit", "pgseg", "zutis")
 """Methods with a recipe ``seg train`` can run."""
 
 
@@ -46,7 +46,8 @@ def train(
     reco: retrieve archives for every concept from the synthetic world's unlabelled split, co-segment them into
     reference embeddings (no gradient steps). reco-plus: pseudo-label the target images with a ReCo model and train a
     DeepLabv3+ on them. groupvit: train GroupViT from scratch on the world's image-text pairs (InfoNCE). pgseg: the
-    same with PGSeg's prototype-guidance units and losses.
+    same with PGSeg's prototype-guidance units and losses. zutis: retrieve archives of the world's things, make
+    saliency pseudo-masks, and train the text-aligned encoder and the instance decoder on copy-paste images.
     """
     if method not in TRAINABLE_METHODS:
         not_available(f"seg train {method}", f"the {method} issue (its recipe in seg-trainers)")
@@ -58,6 +59,8 @@ def train(
             model_dir = _train_reco(config, run_dir)
         elif method == "reco-plus":
             model_dir = _train_reco_plus(config, run_dir, resume)
+        elif method == "zutis":
+            model_dir = _train_zutis(config, run_dir, resume)
         else:
             model_dir = _train_grouping(method, config, run_dir, resume)
     except (ConfigError, FileNotFoundError, ValueError) as error:
@@ -118,6 +121,26 @@ def _train_reco_plus(config: Path | None, run_dir: Path, resume: bool) -> Path:
         run = train_reco_plus(
             recipe, reco, concepts, run_dir, resume=resume, log=stdout_console().print, progress=progress
         )
+    return run.model_dir
+
+
+def _train_zutis(config: Path | None, run_dir: Path, resume: bool) -> Path:
+    from seg_cli.segmenters import load_clip_source
+    from seg_trainers.zutis import ZUTISRecipe, train_zutis
+
+    recipe = ZUTISRecipe() if config is None else ZUTISRecipe.load(config)
+    recipe.concept_names()  # a bad class name fails here, before any work
+    clip, recorded = load_clip_source(recipe.clip)
+    stack, progress = _stage_bars()
+    with stack:
+        run = train_zutis(
+            recipe, clip, run_dir, clip_source=recorded, resume=resume, log=stdout_console().print, progress=progress
+        )
+    iou = run.saliency_iou["<mean>"]
+    stdout_console().print(
+        f"pseudo-masks: mean IoU {iou['concept']:.3f} against the concepts' ground truth "
+        f"(a full-image mask: {iou['all_foreground_concept']:.3f})"
+    )
     return run.model_dir
 
 

@@ -23,7 +23,8 @@ Shin, Albanie & Xie, "Zero-shot Unsupervised Transfer Instance Segmentation", CV
 Synthetic-world settings that differ from the paper's (all recipe fields): archives of 100 images from a
 3,000-image collection (paper: 500 from 2.6M), 64-px crops, no hue/saturation jitter and no grayscale (a thing's
 colour is much of its identity in the world: ReCo+ lost a third of its thing IoU to hue jitter), a smaller decoder
-(20 queries, width 128, 4 heads), 2,000 steps at a 10x larger learning rate (paper: 20k at 5e-5).
+(20 queries, width 128, 4 heads), cosine logits scaled by 10 (official: 1), 1,000 steps at a 10x larger learning
+rate (paper: 20k at 5e-5).
 """
 
 from __future__ import annotations
@@ -74,9 +75,17 @@ __all__ = [
 Progress = Callable[[str, int, int], None]
 
 ZUTIS_SYNTHETIC_CONFIG = ZUTISConfig(
-    num_queries=20, decoder_layers=6, decoder_heads=4, decoder_dim=128, decoder_ffn=512, ffn_hidden=128
+    num_queries=20,
+    decoder_layers=6,
+    decoder_heads=4,
+    decoder_dim=128,
+    decoder_ffn=512,
+    ffn_hidden=128,
+    logit_scale=10.0,
 )
-"""The decoder for 64-px world images (official: 100 queries, width 256, 8 heads, FFN 2048; 6 layers kept)."""
+"""ZUTIS for 64-px world images: a smaller decoder (official: 100 queries, width 256, 8 heads, FFN 2048; 6 layers
+kept) and cosine logits scaled by 10 in the cross-entropy and at inference (official: plain cosines, scale 1; on the
+world's tuning split after 500 steps scale 10 gave mIoU 0.223 and mask AP 0.041, scale 1 0.165 and 0.019)."""
 
 
 class SaliencySettings(SegModel):
@@ -105,7 +114,7 @@ def _zutis_train_default() -> TrainConfig:
     # Official: AdamW lr 5e-5 (encoder 5e-6), wd 0.05, poly 0.9, 20k iterations. Ten times the learning rate and a
     # tenth of the steps for the world's small CLIP and 64-px crops.
     return TrainConfig(
-        max_steps=2000,
+        max_steps=1000,
         lr=5e-4,
         weight_decay=0.05,
         schedule=ScheduleConfig(kind="poly", power=0.9),

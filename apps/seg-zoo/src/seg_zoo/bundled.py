@@ -12,6 +12,11 @@ DeepLabv3+ trained on that model's pseudo-labels (``seg_trainers.reco``). Regene
 
 ``groupvit-synthetic`` and ``pgseg-synthetic``: GroupViT and PGSeg trained from scratch on the world's image-text
 pairs (``seg_trainers.groupvit``, training seed 0). Regenerate both with ``python tools/train_reference_groupvit.py``.
+
+``zutis-synthetic``: ZUTIS's fine-tuned vision tower and instance decoder, trained on copy-paste images of the
+saliency pseudo-masks of the things' archives retrieved from world seed 0 (``seg_trainers.zutis``, training seed 0;
+``zutis.json`` names the reference CLIP, whose text tower classifies). Regenerate it with
+``python tools/train_reference_zutis.py --bundle``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ __all__ = [
     "REFERENCE_PGSEG",
     "REFERENCE_RECO",
     "REFERENCE_RECO_PLUS",
+    "REFERENCE_ZUTIS",
     "bundled_model_dir",
     "bundled_model_info",
 ]
@@ -37,12 +43,14 @@ REFERENCE_RECO = "reco-synthetic"
 REFERENCE_RECO_PLUS = "reco-plus-synthetic"
 REFERENCE_GROUPVIT = "groupvit-synthetic"
 REFERENCE_PGSEG = "pgseg-synthetic"
+REFERENCE_ZUTIS = "zutis-synthetic"
 _MARKERS = {
     REFERENCE_CLIP: "open_clip_config.json",
     REFERENCE_RECO: "reco.json",
     REFERENCE_RECO_PLUS: "reco_plus.json",
     REFERENCE_GROUPVIT: "config.json",
     REFERENCE_PGSEG: "pgseg.json",
+    REFERENCE_ZUTIS: "zutis.json",
 }
 _REGENERATE = {
     REFERENCE_CLIP: "python tools/train_reference_clip.py",
@@ -50,6 +58,7 @@ _REGENERATE = {
     REFERENCE_RECO_PLUS: "python tools/train_reference_reco.py",
     REFERENCE_GROUPVIT: "python tools/train_reference_groupvit.py",
     REFERENCE_PGSEG: "python tools/train_reference_groupvit.py",
+    REFERENCE_ZUTIS: "python tools/train_reference_zutis.py --bundle",
 }
 BUNDLED_MODELS: tuple[str, ...] = tuple(_MARKERS)
 
