@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from seg_core import ConfigError, MethodConfig, ScheduleConfig, SegModel, TrainConfig
 from seg_coseg.copy_paste import CopyPasteConfig, PasteSource, copy_paste, sample_sources
@@ -56,6 +56,7 @@ from seg_models.inference import normalize_images
 from seg_models.zutis import ZUTIS, ZUTISConfig, save_zutis, semantic_logits
 from seg_retrieval.index import IndexConfig
 from seg_train import StepOutput, Trainer, TrainResult, build_optimizer, unwrap_model
+from seg_trainers.clip import batch_loader
 from seg_trainers.reco import WorldImages, archive_indices, retrieve_world_archive
 
 __all__ = [
@@ -227,7 +228,7 @@ class PseudoMasks:
     masks: dict[int, Tensor]
     iou: dict[str, dict[str, float]]
 
-    def sources(self, category: int, index: int) -> PasteSource:
+    def source(self, category: int, index: int) -> PasteSource:
         """Archive image ``index`` of ``category`` as a :class:`PasteSource`."""
         return PasteSource(self.images[category][index].float() / 255.0, self.masks[category][index], category)
 
@@ -355,7 +356,7 @@ class CopyPasteBatches(Dataset[dict[str, Tensor]]):
         valid = torch.zeros(self.batch_size, slots, dtype=torch.bool)
         for row in range(self.batch_size):
             draw = sample_sources(self._archives, self.config, generator)
-            sample = copy_paste([self.pseudo.sources(c, i) for c, i in draw.picks], self.config, generator)
+            sample = copy_paste([self.pseudo.source(c, i) for c, i in draw.picks], self.config, generator)
             images.append(sample.image)
             semantic.append(sample.semantic)
             count = int(sample.instances.shape[0])
@@ -368,21 +369,6 @@ class CopyPasteBatches(Dataset[dict[str, Tensor]]):
             "instances": instances,
             "valid": valid,
         }
-
-
-def _batches(dataset: CopyPasteBatches, workers: int) -> Callable[[int], Iterator[dict[str, Tensor]]]:
-    def factory(start_batch: int) -> Iterator[dict[str, Tensor]]:
-        loader = DataLoader(
-            dataset,
-            batch_size=None,
-            sampler=range(start_batch, len(dataset)),
-            num_workers=workers,
-            prefetch_factor=4 if workers > 0 else None,
-            generator=torch.Generator().manual_seed(0),
-        )
-        yield from loader
-
-    return factory
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -568,7 +554,7 @@ def train_zutis(
     )
     start = time.perf_counter()
     trainer = Trainer(recipe.train, model, optimizer, step, out_dir=out, device=device, log=log)
-    result = trainer.fit(_batches(batches, recipe.workers), resume_from="latest" if resume else None)
+    result = trainer.fit(batch_loader(batches, recipe.workers), resume_from="latest" if resume else None)
     seconds["train"] = time.perf_counter() - start
 
     trained = unwrap_model(model)

@@ -40,7 +40,7 @@ from seg_core import InstancePredictions as CoreInstancePredictions
 from seg_eval.datasets.base import Sample, SegmentationDataset
 from seg_eval.datasets.views import BACKGROUND_NAMES, view_for_preset
 from seg_eval.metrics import ConfusionMatrix, SegmentationMetrics
-from seg_eval.metrics.mask_ap import InstancePredictions, InstanceTargets, MaskAP, MaskAPResult
+from seg_eval.metrics.mask_ap import InstancePredictions, InstanceTargets, MaskAP, MaskAPResult, _to_numpy
 from seg_eval.presets import preset_concepts
 
 __all__ = [
@@ -108,13 +108,13 @@ class InstanceEvaluation:
             prediction: Predicted instances, labels are ids into ``class_names`` (numpy or torch).
             target: Ground-truth instances in the same label space.
         """
-        pred_labels = _array(prediction.labels).astype(np.int64).reshape(-1)
-        gt_labels = _array(target.labels).astype(np.int64).reshape(-1)
+        pred_labels = _to_numpy(prediction.labels).astype(np.int64).reshape(-1)
+        gt_labels = _to_numpy(target.labels).astype(np.int64).reshape(-1)
         pred_kept = pred_labels >= self.first_category  # background "instances" are no objects: not detections
         gt_kept = gt_labels >= self.first_category
-        pred_masks, scores = _array(prediction.masks), _array(prediction.scores)
-        gt_masks = _array(target.masks)
-        crowd = None if target.iscrowd is None else _array(target.iscrowd).reshape(-1)
+        pred_masks, scores = _to_numpy(prediction.masks), _to_numpy(prediction.scores)
+        gt_masks = _to_numpy(target.masks)
+        crowd = None if target.iscrowd is None else _to_numpy(target.iscrowd).reshape(-1)
         # Mis-shaped inputs are passed on unfiltered: MaskAP.update raises with a message naming the field.
         if pred_masks.ndim == 3 and scores.shape == pred_labels.shape == pred_masks.shape[:1]:
             pred_masks, scores, pred_labels = pred_masks[pred_kept], scores[pred_kept], pred_labels[pred_kept]
@@ -137,13 +137,6 @@ class InstanceEvaluation:
     def compute(self) -> dict[str, MaskAPResult]:
         """``{"class_aware": ..., "class_agnostic": ...}`` over every image added."""
         return {"class_aware": self.class_aware.compute(), "class_agnostic": self.class_agnostic.compute()}
-
-
-def _array(value: Any) -> np.ndarray[Any, Any]:
-    """A numpy array, or a torch tensor on any device, as a numpy array."""
-    if isinstance(value, torch.Tensor):
-        return np.asarray(value.detach().cpu().numpy())
-    return np.asarray(value)
 
 
 def _instance_predictions(instances: CoreInstancePredictions) -> InstancePredictions:
