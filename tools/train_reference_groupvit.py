@@ -1,14 +1,17 @@
 """Train and measure GroupViT, PGSeg and PGSeg's ablations on the synthetic world; bundle the reference models.
 
     python tools/train_reference_groupvit.py [--run runs/groupvit-ref] [--seeds 0 1 2] [--variants groupvit pgseg]
-        [--base-steps 1500] [--steps 500] [--lr 2e-4] [--eval-seeds 1000 1001 1002] [--num-images 300] [--bundle]
+        [--base-steps 1500] [--continue-steps 0] [--steps 500] [--lr 2e-4] [--eval-seeds 1000 1001 1002]
+        [--num-images 300] [--bundle]
 
 The official PGSeg protocol, at equal cost for every variant: per training seed, one GroupViT is trained from
-scratch (``RUN/base-seed<S>``, the default :class:`seg_trainers.groupvit.GroupViTRecipe`, ``--base-steps``); then
-every variant starts from it (``init_from``) and trains ``--steps`` more steps on the next, unseen batches
-(``data_offset``) at learning rate ``--lr`` with the PG losses on from the first step -- the GroupViT baseline with
-InfoNCE alone, PGSeg and its ablations with their units (``RUN/<variant>-seed<S>``). An interrupted run resumes, a
-finished one is reused. The variants:
+scratch (``RUN/base-seed<S>``, the default :class:`seg_trainers.groupvit.GroupViTRecipe`, ``--base-steps``); with
+``--continue-steps N`` it is trained N more steps on the next batches with a fresh cosine schedule at the recipe's
+learning rate (``RUN/base-seed<S>-continued``: how the 4,000-step bases of docs/methods/pgseg.md were made, 1,500 +
+2,500). Then every variant starts from the (continued) base (``init_from``) and trains ``--steps`` more steps on the
+next, unseen batches (``data_offset``) at learning rate ``--lr`` with the PG losses on from the first step -- the
+GroupViT baseline with InfoNCE alone, PGSeg and its ablations with their units (``RUN/<variant>-seed<S>``). An
+interrupted run resumes, a finished one is reused. The variants:
 
 ========================  ====================================================================================
 ``groupvit``              GroupViT, InfoNCE only (the baseline)
@@ -112,6 +115,38 @@ def _fine_tune(recipe: GroupViTRecipe, base: Path, base_steps: int) -> GroupViTR
     return recipe.model_copy(update=updates)
 
 
+def _continue_base(
+    *,
+    run: Path,
+    base_dir: Path,
+    base_steps: int,
+    seed: int,
+    steps: int,
+    datasets: list[RenderedWorldBenchmark],
+    wait: bool,
+) -> tuple[Path, int]:
+    """Train the seed's base ``steps`` more on the batches after its own; its folder and total steps."""
+    target = run / f"base-seed{seed}-continued"
+    while wait and not (target / RESULT_FILE).is_file():
+        time.sleep(30)
+    if not (target / RESULT_FILE).is_file():
+        recipe = _with_steps_and_seed(GroupViTRecipe(), steps, seed)
+        recipe = recipe.model_copy(update={"init_from": str(base_dir / "model"), "data_offset": base_steps})
+        started = time.time()
+        train_groupvit(recipe, target, resume=(target / "checkpoints").is_dir(), log=print)
+        seconds = time.time() - started
+        result: dict[str, Any] = {
+            "variant": "base-continued",
+            "seed": seed,
+            "steps": base_steps + steps,
+            "train_seconds": seconds,
+            "scores": _scores(load_groupvit(target / "model"), datasets, f"base-seed{seed}-continued"),
+        }
+        (target / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"base-seed{seed}-continued: mIoU {result['scores']['mIoU']:.3f} in {seconds:.0f} s", flush=True)
+    return target, base_steps + steps
+
+
 def _load(variant: str, folder: Path) -> GroupViT:
     return load_groupvit(folder) if variant == "groupvit" else load_pgseg(folder)
 
@@ -205,6 +240,8 @@ def _collect(run: Path, eval_info: dict[str, Any]) -> dict[str, Any]:
         result = json.loads(path.read_text())
         if result["variant"] == "base":
             base[str(result["seed"])] = result
+        elif result["variant"] == "base-continued":
+            base[f"{result['seed']}-continued"] = result
         else:
             runs[path.parent.name] = result
     return {"eval": eval_info, "base": base, "runs": runs, "summary": _summary(runs)}
@@ -226,6 +263,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=["groupvit", "pgseg"], choices=sorted(VARIANTS))
     parser.add_argument("--base-steps", type=int, default=None, help="base GroupViT steps (default: the recipe's)")
+    parser.add_argument(
+        "--continue-steps", type=int, default=0, help="continue each base this many steps (fresh schedule)"
+    )
     parser.add_argument("--steps", type=int, default=500, help="steps of every variant after the base")
     parser.add_argument("--lr", type=float, default=2e-4, help="peak learning rate of the variants")
     parser.add_argument("--eval-seeds", type=int, nargs="+", default=[1000, 1001, 1002])
@@ -257,6 +297,17 @@ def main() -> None:
             }
             (base_dir / RESULT_FILE).write_text(json.dumps(base, indent=2) + "\n")
             print(f"base-seed{seed}: mIoU {base['scores']['mIoU']:.3f} in {seconds:.0f} s", flush=True)
+        base_steps = base_recipe.train.max_steps
+        if args.continue_steps:
+            base_dir, base_steps = _continue_base(
+                run=args.run,
+                base_dir=base_dir,
+                base_steps=base_steps,
+                seed=seed,
+                steps=args.continue_steps,
+                datasets=datasets,
+                wait=args.wait_for_base,
+            )
         for variant in args.variants:
             key = f"{variant}-seed{seed}"
             run_dir = args.run / key
@@ -264,7 +315,7 @@ def main() -> None:
                 print(f"{key}: done before", flush=True)
                 continue
             recipe = _with_steps_and_seed(VARIANTS[variant](), args.steps, seed, args.lr)
-            recipe = _fine_tune(recipe, base_dir / "model", base_recipe.train.max_steps)
+            recipe = _fine_tune(recipe, base_dir / "model", base_steps)
             started = time.time()
             run = train_groupvit(recipe, run_dir, resume=(run_dir / "checkpoints").is_dir(), log=print)
             seconds = time.time() - started
@@ -272,7 +323,7 @@ def main() -> None:
             result = {
                 "variant": variant,
                 "seed": seed,
-                "base_steps": base_recipe.train.max_steps,
+                "base_steps": base_steps,
                 "steps": run.result.final_step,
                 "train_seconds": seconds,
                 "last_record": run.result.last_record,

@@ -96,3 +96,29 @@ def test_recipe_typo_is_named(tmp_path: Path) -> None:
     config.write_text("method: simcon\nloss:\n  kind: mv-simcon\n  treshold: 0.9\n")
     with pytest.raises(ConfigError, match="treshold"):
         SimConRecipe.load(config)
+
+
+def test_fine_tunes_a_trained_groupvit_on_the_batches_after_its_own(tmp_path: Path) -> None:
+    from seg_models.groupvit import groupvit_tokenizer
+    from seg_trainers.groupvit import initial_grouping_model
+
+    base = train_simcon(_recipe(2, "infonce"), tmp_path / "base")
+    recipe = _recipe(1, "simcon").model_copy(update={"init_from": str(base.model_dir), "data_offset": 2})
+    start = initial_grouping_model(recipe.model, recipe.train.seed, recipe.init_from)
+    trained = load_groupvit(base.model_dir).state_dict()
+    for name in ("visual.patch_embed.weight", "text.token_embedding.weight", "logit_scale"):
+        torch.testing.assert_close(start.state_dict()[name], trained[name].float())
+    fresh = initial_grouping_model(recipe.model, recipe.train.seed, None)
+    assert not torch.allclose(fresh.state_dict()["visual.patch_embed.weight"], trained["visual.patch_embed.weight"])
+
+    def batches(offset: int) -> WorldViewBatches:
+        normalization = recipe.groupvit_config().normalization
+        tokenizer = groupvit_tokenizer(recipe.groupvit_config().text.context_length)
+        return WorldViewBatches(recipe.world, 8, tokenizer, normalization, views=recipe.views, seed=0, offset=offset)
+
+    shifted, plain = batches(2)[0], batches(0)[2]
+    assert int(shifted["batch_index"]) == 0  # the step of this run: the λ schedule counts from here
+    torch.testing.assert_close(shifted["tokens"], plain["tokens"])  # the same pairs as the base's batch 2
+    assert not torch.equal(shifted["tokens"], batches(0)[0]["tokens"])
+    run = train_simcon(recipe, tmp_path / "tuned")
+    assert run.result.final_step == 1

@@ -60,6 +60,7 @@ __all__ = [
     "build_model",
     "export_grouping_model",
     "groupvit_step",
+    "initial_grouping_model",
     "new_grouping_model",
     "pgseg_loss_terms",
     "pgseg_step",
@@ -206,19 +207,30 @@ def build_model(recipe: GroupViTRecipe) -> GroupViT:
     Raises:
         ConfigError: ``init_from`` holds another architecture.
     """
-    model = new_grouping_model(recipe.model, recipe.train.seed)
-    if recipe.init_from is None:
+    return initial_grouping_model(recipe.model, recipe.train.seed, recipe.init_from)
+
+
+def initial_grouping_model(config: GroupViTConfig | PGSegConfig, seed: int, init_from: str | None) -> GroupViT:
+    """:func:`new_grouping_model`, then the GroupViT weights of the folder ``init_from`` when it is given (the
+    starting point of every grouping recipe: GroupViT, PGSeg, SimCon).
+
+    Raises:
+        ConfigError: ``init_from`` holds another architecture than ``config``'s GroupViT.
+    """
+    model = new_grouping_model(config, seed)
+    if init_from is None:
         return model
-    start = load_groupvit(recipe.init_from)
-    if start.config != recipe.groupvit_config():
+    start = load_groupvit(init_from)
+    expected = config.groupvit if isinstance(config, PGSegConfig) else config
+    if start.config != expected:
         raise ConfigError(
-            f"init_from: {recipe.init_from} holds a GroupViT of another architecture than the recipe's model; "
+            f"init_from: {init_from} holds a GroupViT of another architecture than the recipe's model; "
             "train from it with the same model settings (or set init_from: null)"
         )
     missing, unexpected = model.load_state_dict(start.state_dict(), strict=False)
     new = [key for key in missing if not key.startswith(_PG_UNIT_KEYS)]
     if new or unexpected:  # pragma: no cover - same config, same keys
-        raise ConfigError(f"init_from: {recipe.init_from}: missing {new}, unexpected {unexpected}")
+        raise ConfigError(f"init_from: {init_from}: missing {new}, unexpected {unexpected}")
     return model
 
 

@@ -49,7 +49,7 @@ from seg_trainers.groupvit import (
     _default_train,
     _parameter_groups,
     export_grouping_model,
-    new_grouping_model,
+    initial_grouping_model,
     pgseg_loss_terms,
 )
 
@@ -124,6 +124,10 @@ class SimConRecipe(MethodConfig):
         loss: The contrastive objective.
         views: The views' augmentation.
         pg: PG losses (used when ``model`` is a PGSeg; switched on after ``pg.start`` of the steps).
+        init_from: A GroupViT model folder to start from instead of random weights (as the GroupViT recipe's:
+            the SimCon study fine-tunes trained GroupViTs with each objective). ``None``: from scratch.
+        data_offset: Batches of the ``pairs`` split to skip (e.g. the steps ``init_from`` was trained for), so
+            the run sees new images; the λ schedule and the views' seeds count this run's steps.
     """
 
     method: Literal["simcon"] = "simcon"
@@ -136,6 +140,8 @@ class SimConRecipe(MethodConfig):
     loss: SimConLossSettings = SimConLossSettings()
     views: SegAugmentConfig = SIMCON_VIEWS
     pg: PGLossSettings = PGLossSettings()
+    init_from: str | None = None
+    data_offset: int = Field(default=0, ge=0)
 
     def groupvit_config(self) -> GroupViTConfig:
         """The GroupViT architecture (a PGSeg's underlying one)."""
@@ -146,7 +152,8 @@ class WorldViewBatches(Dataset[dict[str, Tensor]]):
     """Batch ``b`` of the world's ``pairs`` split as two augmented, normalised views plus caption tokens.
 
     Returns ``{"view1", "view2": [B, 3, 64, 64], "tokens": [B, L], "batch_index": []}``; the views are drawn from a
-    generator seeded by ``(seed, b)``.
+    generator seeded by ``(seed, b)``. With ``offset``, index ``b`` renders the world's batch ``offset + b`` (the
+    images after a model's own) and keeps ``b`` as its ``batch_index`` (the step of this run).
     """
 
     def __init__(
@@ -158,16 +165,18 @@ class WorldViewBatches(Dataset[dict[str, Tensor]]):
         *,
         views: SegAugmentConfig,
         seed: int,
+        offset: int = 0,
     ) -> None:
         self.world, self.batch_size, self.tokenize, self.views, self.seed = world, batch_size, tokenize, views, seed
+        self.offset = offset
         self.mean = torch.tensor(normalization.mean).view(1, 3, 1, 1)
         self.std = torch.tensor(normalization.std).view(1, 3, 1, 1)
 
     def __len__(self) -> int:
-        return 2**31 // self.batch_size
+        return 2**31 // self.batch_size - self.offset
 
     def __getitem__(self, batch_index: int) -> dict[str, Tensor]:
-        start = batch_index * self.batch_size
+        start = (self.offset + batch_index) * self.batch_size
         samples = [render(self.world, "pairs", start + i) for i in range(self.batch_size)]
         images = torch.stack([torch.from_numpy(s.image).permute(2, 0, 1) for s in samples]).float().div_(255.0)
         labels = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.long)
@@ -276,7 +285,7 @@ def train_simcon(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     recipe.save(out / "recipe.yaml")
-    model = new_grouping_model(recipe.model, recipe.train.seed)
+    model = initial_grouping_model(recipe.model, recipe.train.seed, recipe.init_from)
     module = SimConModule(model, recipe.loss.predictor_hidden_dim)
     module.train()
     optimizer = build_optimizer(
@@ -285,7 +294,13 @@ def train_simcon(
     groupvit = recipe.groupvit_config()
     tokenizer = groupvit_tokenizer(groupvit.text.context_length)
     views = WorldViewBatches(
-        recipe.world, recipe.batch_size, tokenizer, groupvit.normalization, views=recipe.views, seed=recipe.train.seed
+        recipe.world,
+        recipe.batch_size,
+        tokenizer,
+        groupvit.normalization,
+        views=recipe.views,
+        seed=recipe.train.seed,
+        offset=recipe.data_offset,
     )
     trainer = Trainer(recipe.train, module, optimizer, simcon_step(recipe), out_dir=out, device=device, log=log)
     result = trainer.fit(batch_loader(views, recipe.workers), resume_from="latest" if resume else None)
