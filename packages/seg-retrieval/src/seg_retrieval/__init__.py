@@ -8,17 +8,17 @@ Available modules:
         (``IndexConfig``, ``build_index``, ``EmbeddingIndex``, a ``seg_core.Retriever``).
     seg_retrieval.curate: Per-concept archive curation with optional de-duplication (``curate_archive``), archive
         purity as precision@k (``archive_purity``), archive files (``save_archive``, ``load_archive``).
+    seg_retrieval.hypotheses: ReCLIP++'s image-level multi-label hypotheses from sliding crops scored by CLIP
+        (Eq. 6; ``crop_windows``, ``multi_label_hypotheses``, ``Hypotheses``) and ReCLIP's whole-image baseline
+        (``whole_image_hypotheses``, ``WholeImageHypotheses``).
 
-Skeleton modules (they exist so the package map is complete and export nothing until the issue named beside
-them lands; see docs/architecture.md):
-
-    seg_retrieval.hypotheses: Image-level multi-label hypotheses from sliding crops scored by CLIP (ReCLIP++ issue).
+No module is a skeleton any more (``SKELETON_MODULES`` is empty).
 
 Submodules are not imported here, so ``import seg_retrieval`` stays light (no torch, no faiss).
 """
 
 from seg_retrieval.__about__ import __version__
 
-SKELETON_MODULES: tuple[str, ...] = ("hypotheses",)
+SKELETON_MODULES: tuple[str, ...] = ()
 
 __all__ = ["SKELETON_MODULES", "__version__"]
