@@ -26,20 +26,17 @@ Available modules:
     seg_models.zutis: ZUTIS: CLIP ViT fine-tuned into the text space plus a query decoder for instances
         (``ZUTIS``, ``ZUTISSegmenter``, ``predict_instances``, ``mask_nms``, ``save_zutis``/``load_zutis``).
     seg_models.proposals: Connected components per class as instance proposals (ZUTIS's MaskCLIP instance
-        baseline): ``connected_components``, ``semantic_instances``.
+        baseline): ``connected_components``, ``semantic_instances``, ``ComponentInstances``.
+    seg_models.reclip: ReCLIP++: reference prompt, positional projection, rectified logits and mask decoder on a
+        frozen CLIP (``ReCLIPRectifier``), the distillation student (``ReCLIPStudent``), ``ReCLIPSegmenter``,
+        ``save_reclip``/``load_reclip``.
     seg_models.weights: ``export_state_dict``, the state dict every model folder stores (optionally fp16).
-
-Skeleton modules (they exist so the package map is complete and export nothing until the issue named beside
-them lands; see docs/architecture.md):
-
-    seg_models.reclip: ReCLIP++: reference prompt, positional projection, mask decoder; student segmenter (ReCLIP++
-        issue).
 
 Submodules are not imported here, so ``import seg_models`` stays light (no torch, no open_clip).
 """
 
 from seg_models.__about__ import __version__
 
-SKELETON_MODULES: tuple[str, ...] = ("reclip",)
+SKELETON_MODULES: tuple[str, ...] = ()
 
 __all__ = ["SKELETON_MODULES", "__version__"]
