@@ -22,7 +22,7 @@ Stages (each skipped when its output exists, so an interrupted run resumes):
    COCO mask AP / AP50 / AP75, class-aware and class-agnostic, with and without NMS; over the unseen things only
    too, and under the zero-shot protocol of the paper's Table 7 (label set: background + the unseen things). The
    baseline is MaskCLIP on the same CLIP with the "background" prompt, its instances the connected components of its
-   label map (:func:`seg_models.proposals.semantic_instances`).
+   label map (:class:`seg_models.proposals.ComponentInstances`).
 
 Writes ``RUN/<run>/result.json`` per model, then ``RUN/report.json`` and ``docs/methods/zutis-study.json``; with
 ``--bundle``, copies seed 0 of ``zutis`` (fp16, with ``training.json``) into
@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from seg_core import ConceptSet, Segmenter
+from seg_core import Segmenter
 from seg_eval.datasets import BackgroundView
 from seg_eval.evaluator import InstanceEvaluation, evaluate, image_to_tensor
 from seg_eval.metrics.mask_ap import InstancePredictions
@@ -51,7 +51,7 @@ from seg_eval.world.benchmark import RenderedWorldBenchmark
 from seg_eval.world.classes import unseen_class_names
 from seg_models.clip import ClipModel, load_clip
 from seg_models.maskclip import MaskCLIPSegmenter
-from seg_models.proposals import semantic_instances
+from seg_models.proposals import ComponentInstances
 from seg_models.zutis import ZUTISSegmenter, load_zutis
 from seg_trainers.reco import retrieve_world_archive
 from seg_trainers.zutis import PseudoMasks, ZUTISRecipe, build_pseudo_masks, train_zutis
@@ -132,24 +132,6 @@ def _nms_off(segmenter: ZUTISSegmenter) -> ZUTISSegmenter:
         normalization=segmenter.preset.normalization,
         config=config,
     )
-
-
-class _ComponentInstances:
-    """MaskCLIP's semantic map with its connected components as instances (the baseline's proposals)."""
-
-    def __init__(self, maskclip: MaskCLIPSegmenter) -> None:
-        self.maskclip = maskclip
-
-    def segment(self, images: torch.Tensor, concepts: ConceptSet) -> Any:
-        from dataclasses import replace
-
-        output = self.maskclip.segment(images, concepts)
-        probabilities = output.probabilities
-        instances = tuple(
-            semantic_instances(probabilities[i], labels=output.labels[i], background_label=0)
-            for i in range(probabilities.shape[0])
-        )
-        return replace(output, instances=instances)
 
 
 def _scores(segmenter: Segmenter, eval_seeds: list[int], num: int) -> dict[str, Any]:
@@ -301,7 +283,7 @@ def main() -> None:
 
     baseline_path = run / "maskclip" / "result.json"
     if not baseline_path.is_file():
-        baseline = _ComponentInstances(MaskCLIPSegmenter(clip, get_preset(PRESET)))
+        baseline = ComponentInstances(MaskCLIPSegmenter(clip, get_preset(PRESET)))
         baseline_path.parent.mkdir(parents=True, exist_ok=True)
         scores = _scores(baseline, args.eval_seeds, args.num_images)
         zsi = _zsi_scores(baseline, args.eval_seeds, args.num_images)
@@ -341,7 +323,7 @@ def main() -> None:
         if "zsi" in result:
             continue
         if path.parent.name == "maskclip":
-            segmenter: Segmenter = _ComponentInstances(MaskCLIPSegmenter(clip, get_preset(PRESET)))
+            segmenter: Segmenter = ComponentInstances(MaskCLIPSegmenter(clip, get_preset(PRESET)))
         else:
             segmenter = load_zutis(path.parent / "model", clip, get_preset(PRESET))
         result["zsi"] = _zsi_scores(segmenter, args.eval_seeds, args.num_images)

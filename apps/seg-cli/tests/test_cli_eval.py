@@ -55,10 +55,10 @@ def test_eval_on_a_folder_that_is_no_dataset(run_seg: Callable[..., Any], tmp_pa
     assert "no known dataset layout" in result.text
 
 
-def test_eval_reco_reco_plus_groupvit_and_pgseg_with_their_bundled_models(
+def test_eval_reco_reco_plus_groupvit_pgseg_and_simcon_with_their_bundled_models(
     run_seg: Callable[..., Any], tiny_world: Path, tmp_path: Path
 ) -> None:
-    for method in ("reco", "reco-plus", "groupvit", "pgseg"):
+    for method in ("reco", "reco-plus", "groupvit", "pgseg", "simcon"):
         out = tmp_path / f"{method}.json"
         result = run_seg("eval", "--method", method, "--dataset", str(tiny_world), "--out", str(out))
         assert result.exit_code == 0, result.text
@@ -92,3 +92,19 @@ def test_eval_with_another_methods_model_folder_is_a_clear_error(
     )
     assert missing.exit_code == 1
     assert "no folder at" in missing.text
+
+
+def test_eval_maskclip_reports_mask_ap_only_under_an_object_protocol(
+    run_seg: Callable[..., Any], tiny_world: Path, tmp_path: Path
+) -> None:
+    records = {}
+    for preset in ("synthetic", "synthetic-object"):
+        out = tmp_path / f"{preset}.json"
+        result = run_seg(
+            "eval", "--method", "maskclip", "--preset", preset, "--dataset", str(tiny_world), "--out", str(out)
+        )
+        assert result.exit_code == 0, result.text
+        records[preset] = json.loads(out.read_text())
+    # With a literal background class its connected components are instances (ZUTIS's baseline): mask AP.
+    assert set(records["synthetic-object"]["instance_metrics"]) == {"class_aware", "class_agnostic"}
+    assert records["synthetic"].get("instance_metrics") is None

@@ -1,4 +1,4 @@
-"""``seg train reco|reco-plus|groupvit|pgseg`` with tiny recipes, then ``seg eval`` of what they wrote."""
+"""``seg train reco|reco-plus|groupvit|pgseg|simcon`` with tiny recipes, then ``seg eval`` of what they wrote."""
 
 from __future__ import annotations
 
@@ -119,6 +119,39 @@ def test_train_groupvit_and_pgseg_then_eval_and_refuse_each_others_folders(
         )
         assert result.exit_code == 1
         assert ("PGSeg" if method == "groupvit" else "GroupViT") in result.text
+
+
+def test_train_simcon_then_eval_and_refuse_other_recipes_models(run_seg: Callable[..., Any], tmp_path: Path) -> None:
+    from seg_zoo.bundled import bundled_model_dir
+
+    world = tmp_path / "world"
+    generate_split(world, "val", 2, seed=7, fmt="coco")
+    config = tmp_path / "simcon.yaml"
+    recipe = _tiny_grouping_recipe("groupvit") | {"method": "simcon", "loss": {"kind": "mv-simcon"}}
+    config.write_text(yaml.safe_dump(recipe))
+    result = run_seg("train", "simcon", "--config", str(config), "--out", str(tmp_path / "simcon"))
+    assert result.exit_code == 0, result.text
+    folder = tmp_path / "simcon" / "model"
+    assert json.loads((folder / "training.json").read_text())["method"] == "simcon"
+    out = tmp_path / "simcon.json"
+    result = run_seg("eval", "--method", "simcon", "--model", str(folder), "--dataset", str(world), "--out", str(out))
+    assert result.exit_code == 0, result.text
+    assert json.loads(out.read_text())["method"] == "simcon"
+    # A GroupViT trained with InfoNCE is not a SimCon model, and the other way round: the error names the recipe.
+    groupvit = bundled_model_dir("groupvit-synthetic")
+    for method, other, trained_by in (("simcon", groupvit, "groupvit"), ("groupvit", folder, "simcon")):
+        result = run_seg("eval", "--method", method, "--model", str(other), "--dataset", str(world), "--out", "x.json")
+        assert result.exit_code == 1
+        assert f"seg train {trained_by}" in result.text
+        assert f"--method {trained_by}" in result.text
+
+
+def test_train_simcon_config_typo_names_the_field(run_seg: Callable[..., Any], tmp_path: Path) -> None:
+    config = tmp_path / "simcon.yaml"
+    config.write_text("method: simcon\nloss:\n  knd: simcon\n")
+    result = run_seg("train", "simcon", "--config", str(config), "--out", str(tmp_path / "run"))
+    assert result.exit_code == 1
+    assert "knd" in result.text
 
 
 def test_train_pgseg_config_typo_names_the_field(run_seg: Callable[..., Any], tmp_path: Path) -> None:

@@ -34,7 +34,10 @@ def test_unknown_bundled_model() -> None:
         bundled_model_dir("nope")
 
 
-@pytest.mark.parametrize(("name", "method"), [("groupvit-synthetic", "groupvit"), ("pgseg-synthetic", "pgseg")])
+@pytest.mark.parametrize(
+    ("name", "method"),
+    [("groupvit-synthetic", "groupvit"), ("pgseg-synthetic", "pgseg"), ("simcon-synthetic", "simcon")],
+)
 def test_bundled_grouping_models_load_and_were_evaluated_on_unseen_worlds(name: str, method: str) -> None:
     from seg_models.groupvit import load_groupvit
     from seg_models.pgseg import PGSeg, load_pgseg

@@ -7,7 +7,8 @@ from collections import deque
 import pytest
 import torch
 
-from seg_models.proposals import connected_components, semantic_instances
+from seg_core import ConceptSet, SegmentationOutput
+from seg_models.proposals import ComponentInstances, connected_components, semantic_instances
 
 GRID = torch.tensor(
     [
@@ -123,3 +124,38 @@ def test_semantic_instances_split_classes_into_components_with_mean_scores() -> 
     assert nothing.masks.shape == (0, 3, 4)
     with pytest.raises(ValueError, match="labels must be"):
         semantic_instances(probabilities, labels=labels[:2])
+
+
+class _FixedSegmenter:
+    """Returns the given logits whatever the images (a stand-in semantic method)."""
+
+    def __init__(self, logits: torch.Tensor, names: tuple[str, ...]) -> None:
+        self.logits, self.names = logits, names
+
+    def segment(self, images: torch.Tensor, concepts: ConceptSet) -> SegmentationOutput:
+        return SegmentationOutput(logits=self.logits, label_names=self.names)
+
+
+def test_component_instances_wraps_a_semantic_segmenter_and_skips_only_the_background_label() -> None:
+    labels = torch.tensor([[1, 1, 0, 2], [0, 0, 0, 2], [1, 0, 0, 0]])
+    logits = torch.nn.functional.one_hot(labels, 3).permute(2, 0, 1).float().mul(5.0)[None].repeat(2, 1, 1, 1)
+    logits[1] = logits[1].roll(1, dims=0)  # image 1: the channels shifted, so background (channel 0) is now class 1
+    concepts = ConceptSet(names=("cat", "dog"))
+    # "background" last: its index comes from the label names, not a fixed 0.
+    names = ("cat", "dog", "background")
+    wrapped = ComponentInstances(_FixedSegmenter(logits.roll(-1, dims=1), names))
+    output = wrapped.segment(torch.zeros(2, 3, 3, 4), concepts)
+    torch.testing.assert_close(output.logits, logits.roll(-1, dims=1))  # the semantic output is unchanged
+    assert output.instances is not None
+    assert len(output.instances) == 2
+    # image 0: labels 1 ("dog" after the roll -> index 0 "cat") blobs and label 2 -> index 1 "dog"; background skipped
+    assert sorted(output.instances[0].labels.tolist()) == [0, 0, 1]
+    expected = semantic_instances(output.probabilities[1], background_label=2)
+    assert output.instances[1].labels.tolist() == expected.labels.tolist()
+    assert 2 not in output.instances[1].labels.tolist()
+    # Without a background label every class yields instances.
+    plain = ComponentInstances(_FixedSegmenter(logits, ("a", "b", "c"))).segment(torch.zeros(2, 3, 3, 4), concepts)
+    assert plain.instances is not None
+    assert plain.instances[0].labels.tolist() == [0, 1, 1, 2]
+    with pytest.raises(ValueError, match="min_area"):
+        ComponentInstances(_FixedSegmenter(logits, names), min_area=0)

@@ -13,10 +13,15 @@ Model sources:
 - ``groupvit``: ``None`` (the bundled synthetic-world GroupViT), a folder written by ``seg train groupvit`` or
   ``save_groupvit`` or transformers' ``save_pretrained``, ``hf-hub:nvidia/groupvit-gcc-yfcc``, or an official ``.pth``.
 - ``pgseg``: ``None`` (the bundled synthetic-world PGSeg) or a folder written by ``seg train pgseg``.
+- ``simcon``: ``None`` (the bundled synthetic-world GroupViT trained with MV-SimCon) or a folder written by
+  ``seg train simcon`` (a GroupViT, or a PGSeg when the recipe's model is one).
+- ``reclip``: ``None`` (the bundled synthetic-world ReCLIP++ student) or a folder written by ``seg train reclip``
+  (``model/``: the distilled student; ``rectifier/``: the rectified CLIP); the CLIP named in ``reclip.json`` is
+  loaded as above (the student keeps the CLIP's pixel statistics and size).
 - ``zutis``: ``None`` (the bundled synthetic-world ZUTIS) or a folder written by ``seg train zutis``; the CLIP it
   names in ``zutis.json`` (whose text tower classifies) is loaded as above.
 
-GroupViT and PGSeg always normalise pixels with the statistics they were trained with (their config's
+GroupViT, PGSeg and SimCon models always normalise pixels with the statistics they were trained with (their config's
 ``normalization``), whatever the preset says.
 """
 
@@ -50,9 +55,12 @@ BUNDLED_DEFAULTS = {
     "reco-plus": "reco-plus-synthetic",
     "groupvit": "groupvit-synthetic",
     "pgseg": "pgseg-synthetic",
+    "simcon": "simcon-synthetic",
     "zutis": "zutis-synthetic",
+    "reclip": "reclip-synthetic",
 }
-AVAILABLE_METHODS: tuple[str, ...] = (*CLIP_METHODS, "reco", "reco-plus", "groupvit", "pgseg", "zutis")
+GROUPING_METHODS = ("groupvit", "pgseg", "simcon")
+AVAILABLE_METHODS: tuple[str, ...] = (*CLIP_METHODS, "reco", "reco-plus", *GROUPING_METHODS, "zutis")
 """Methods whose model code has landed, in the order ``seg demo`` runs them."""
 
 
@@ -130,19 +138,39 @@ def model_folder(method: str, model: str | None) -> tuple[Path, str]:
 
 
 def _load_grouping_model(method: str, model: str | None) -> tuple[GroupViT, str]:
-    """A GroupViT (``groupvit``) or PGSeg (``pgseg``) from a command-line model source."""
+    """A GroupViT (``groupvit``), PGSeg (``pgseg``) or SimCon-trained GroupViT/PGSeg (``simcon``) from a
+    command-line model source."""
     if method == "groupvit" and model is not None and (model.startswith("hf-hub:") or model.endswith((".pth", ".pt"))):
         from seg_models.groupvit import load_groupvit
 
         return load_groupvit(model), model
     folder, recorded = model_folder(method, model)
-    if method == "pgseg":
+    _check_trained_by(folder, method)
+    if method == "pgseg" or (method == "simcon" and (folder / "pgseg.json").is_file()):
         from seg_models.pgseg import load_pgseg
 
         return load_pgseg(folder), recorded
     from seg_models.groupvit import load_groupvit
 
     return load_groupvit(folder), recorded
+
+
+def _check_trained_by(folder: Path, method: str) -> None:
+    """Refuse a model folder whose ``training.json`` names another recipe (e.g. a GroupViT trained with InfoNCE)."""
+    import json
+
+    from seg_core import ConfigError
+
+    info = folder / "training.json"
+    trained_by = json.loads(info.read_text()).get("method") if info.is_file() else None
+    if trained_by is not None and trained_by != method:
+        from seg_cli.methods import METHOD_NAMES, resolve_method
+
+        name = resolve_method(trained_by).display_name if trained_by in METHOD_NAMES else trained_by
+        raise ConfigError(
+            f"--model {folder}: this folder holds a {name} model (training.json: trained by `seg train {trained_by}`);"
+            f" evaluate it with --method {trained_by}, or pass a folder written by `seg train {method}`"
+        )
 
 
 def ensure_available(method: str, command: str) -> None:
@@ -165,10 +193,15 @@ def build_segmenter(
     """
     if method in CLIP_METHODS:
         from seg_models.maskclip import MaskCLIPSegmenter
+        from seg_models.proposals import BACKGROUND_LABEL_NAME, ComponentInstances
 
         clip, recorded = load_clip_source(model)
         protocol = preset(clip) if callable(preset) else preset
-        segmenter = MaskCLIPSegmenter(clip, protocol, variant=CLIP_METHODS[method])  # type: ignore[arg-type]
+        segmenter: Segmenter = MaskCLIPSegmenter(clip, protocol, variant=CLIP_METHODS[method])  # type: ignore[arg-type]
+        if BACKGROUND_LABEL_NAME in (protocol.class_names or ()):
+            # Under an object protocol (a literal background class) its connected components are instances, so
+            # the evaluator reports the mask AP of ZUTIS's MaskCLIP baseline.
+            segmenter = ComponentInstances(segmenter)
         return BuiltSegmenter(segmenter, method, recorded)
     if method == "reco":
         from seg_trainers.reco import load_reco, read_reco_info
@@ -185,7 +218,7 @@ def build_segmenter(
         geometry = _Geometry(info.image_size, info.normalization)
         protocol = preset(geometry) if callable(preset) else preset
         return BuiltSegmenter(load_reco_plus(folder, protocol), method, recorded)
-    if method in ("groupvit", "pgseg"):
+    if method in GROUPING_METHODS:
         from seg_models.groupvit import GroupViTSegmenter
 
         grouping, recorded = _load_grouping_model(method, model)
@@ -201,5 +234,21 @@ def build_segmenter(
         clip, _ = load_clip_source(str(read_zutis_info(folder)["clip"]))
         protocol = preset(clip) if callable(preset) else preset
         return BuiltSegmenter(load_zutis(folder, clip, protocol), method, recorded)
+    if method == "reclip":
+        return _build_reclip(model, preset)
     ensure_available(method, "seg")
     raise AssertionError(f"method {method!r} is available but has no builder")
+
+
+def _build_reclip(
+    model: str | None, preset: ProtocolPreset | Callable[[ModelGeometry], ProtocolPreset]
+) -> BuiltSegmenter:
+    """ReCLIP++: the distilled student, or the rectified CLIP (a folder of either kind, told by ``reclip.json``)."""
+    from seg_models.reclip import ReCLIPSegmenter, load_reclip, load_reclip_student, read_reclip_info
+
+    folder, recorded = model_folder("reclip", model)
+    info = read_reclip_info(folder)
+    clip, _ = load_clip_source(str(info["clip"]))
+    protocol = preset(clip) if callable(preset) else preset
+    network = load_reclip_student(folder) if info.get("kind") == "student" else load_reclip(folder, clip)
+    return BuiltSegmenter(ReCLIPSegmenter(network, protocol), "reclip", recorded)

@@ -11,7 +11,7 @@ from seg_cli.unavailable import not_available
 
 __all__ = ["TRAINABLE_METHODS", "train"]
 
-TRAINABLE_METHODS = ("reco", "reco-plus", "groupvit", "pgseg", "zutis")
+TRAINABLE_METHODS = ("reco", "reco-plus", "groupvit", "pgseg", "simcon", "zutis")
 """Methods with a recipe ``seg train`` can run."""
 
 
@@ -44,10 +44,12 @@ def train(
     """Train METHOD with its recipe and write a model folder that `seg eval --model` takes.
 
     reco: retrieve archives for every concept from the synthetic world's unlabelled split, co-segment them into
-    reference embeddings (no gradient steps). reco-plus: pseudo-label the target images with a ReCo model and train a
-    DeepLabv3+ on them. groupvit: train GroupViT from scratch on the world's image-text pairs (InfoNCE). pgseg: the
-    same with PGSeg's prototype-guidance units and losses. zutis: retrieve archives of the world's things, make
-    saliency pseudo-masks, and train the text-aligned encoder and the instance decoder on copy-paste images.
+    reference embeddings (no gradient steps). reco-plus: pseudo-label the target images with a ReCo model and train
+    a DeepLabv3+ on them. groupvit: train GroupViT from scratch on the world's image-text pairs (InfoNCE). pgseg:
+    the same with PGSeg's prototype-guidance units and losses. simcon: GroupViT (or PGSeg) with the SimCon or
+    multi-view SimCon loss instead of InfoNCE (the recipe's loss.kind; init_from fine-tunes a trained GroupViT).
+    zutis: retrieve archives of the world's things, make saliency pseudo-masks, and train the text-aligned encoder
+    and the instance decoder on copy-paste images.
     """
     if method not in TRAINABLE_METHODS:
         not_available(f"seg train {method}", f"the {method} issue (its recipe in seg-trainers)")
@@ -61,6 +63,8 @@ def train(
             model_dir = _train_reco_plus(config, run_dir, resume)
         elif method == "zutis":
             model_dir = _train_zutis(config, run_dir, resume)
+        elif method == "reclip":
+            model_dir = _train_reclip(config, run_dir, resume)
         else:
             model_dir = _train_grouping(method, config, run_dir, resume)
     except (ConfigError, FileNotFoundError, ValueError) as error:
@@ -124,6 +128,20 @@ def _train_reco_plus(config: Path | None, run_dir: Path, resume: bool) -> Path:
     return run.model_dir
 
 
+def _train_reclip(config: Path | None, run_dir: Path, resume: bool) -> Path:
+    from seg_cli.segmenters import load_clip_source
+    from seg_trainers.reclip import ReCLIPRecipe, train_reclip
+
+    recipe = ReCLIPRecipe() if config is None else ReCLIPRecipe.load(config)
+    clip, recorded = load_clip_source(recipe.clip)
+    stack, progress = _stage_bars()
+    with stack:
+        run = train_reclip(
+            recipe, clip, run_dir, clip_source=recorded, resume=resume, log=stdout_console().print, progress=progress
+        )
+    return run.model_dir
+
+
 def _train_zutis(config: Path | None, run_dir: Path, resume: bool) -> Path:
     from seg_cli.segmenters import load_clip_source
     from seg_trainers.zutis import ZUTISRecipe, train_zutis
@@ -146,6 +164,12 @@ def _train_zutis(config: Path | None, run_dir: Path, resume: bool) -> Path:
 
 def _train_grouping(method: str, config: Path | None, run_dir: Path, resume: bool) -> Path:
     from seg_trainers.groupvit import GroupViTRecipe, PGSegRecipe, train_groupvit
+
+    if method == "simcon":
+        from seg_trainers.simcon import SimConRecipe, train_simcon
+
+        simcon = SimConRecipe() if config is None else SimConRecipe.load(config)
+        return train_simcon(simcon, run_dir, resume=resume, log=stdout_console().print).model_dir
 
     kind = PGSegRecipe if method == "pgseg" else GroupViTRecipe
     recipe = kind() if config is None else kind.load(config)

@@ -10,8 +10,13 @@ metrics it reached on a world seed it never saw). It is the default model of ``s
 DeepLabv3+ trained on that model's pseudo-labels (``seg_trainers.reco``). Regenerate both with
 ``python tools/train_reference_reco.py``.
 
-``groupvit-synthetic`` and ``pgseg-synthetic``: GroupViT and PGSeg trained from scratch on the world's image-text
-pairs (``seg_trainers.groupvit``, training seed 0). Regenerate both with ``python tools/train_reference_groupvit.py``.
+``groupvit-synthetic`` and ``pgseg-synthetic``: GroupViT and PGSeg trained on the world's image-text pairs
+(``seg_trainers.groupvit``, training seed 0). Regenerate both with
+``python tools/train_reference_groupvit.py --run runs/pgseg-ref --continue-steps 2500 --bundle``.
+
+``simcon-synthetic``: the 4,000-step GroupViT base of ``groupvit-synthetic`` fine-tuned with MV-SimCon on clean
+captions (``seg_trainers.simcon``, training seed 0). Regenerate it with
+``python tools/train_reference_simcon.py --bundle`` (after the GroupViT bases above).
 
 ``zutis-synthetic``: ZUTIS's fine-tuned vision tower and instance decoder, trained on copy-paste images of the
 saliency pseudo-masks of the things' archives retrieved from world seed 0 (``seg_trainers.zutis``, training seed 0;
@@ -33,6 +38,7 @@ __all__ = [
     "REFERENCE_PGSEG",
     "REFERENCE_RECO",
     "REFERENCE_RECO_PLUS",
+    "REFERENCE_SIMCON",
     "REFERENCE_ZUTIS",
     "bundled_model_dir",
     "bundled_model_info",
@@ -43,6 +49,7 @@ REFERENCE_RECO = "reco-synthetic"
 REFERENCE_RECO_PLUS = "reco-plus-synthetic"
 REFERENCE_GROUPVIT = "groupvit-synthetic"
 REFERENCE_PGSEG = "pgseg-synthetic"
+REFERENCE_SIMCON = "simcon-synthetic"
 REFERENCE_ZUTIS = "zutis-synthetic"
 _MARKERS = {
     REFERENCE_CLIP: "open_clip_config.json",
@@ -50,14 +57,16 @@ _MARKERS = {
     REFERENCE_RECO_PLUS: "reco_plus.json",
     REFERENCE_GROUPVIT: "config.json",
     REFERENCE_PGSEG: "pgseg.json",
+    REFERENCE_SIMCON: "config.json",
     REFERENCE_ZUTIS: "zutis.json",
 }
 _REGENERATE = {
     REFERENCE_CLIP: "python tools/train_reference_clip.py",
     REFERENCE_RECO: "python tools/train_reference_reco.py",
     REFERENCE_RECO_PLUS: "python tools/train_reference_reco.py",
-    REFERENCE_GROUPVIT: "python tools/train_reference_groupvit.py",
-    REFERENCE_PGSEG: "python tools/train_reference_groupvit.py",
+    REFERENCE_GROUPVIT: "python tools/train_reference_groupvit.py --run runs/pgseg-ref --continue-steps 2500 --bundle",
+    REFERENCE_PGSEG: "python tools/train_reference_groupvit.py --run runs/pgseg-ref --continue-steps 2500 --bundle",
+    REFERENCE_SIMCON: "python tools/train_reference_simcon.py --bundle",
     REFERENCE_ZUTIS: "python tools/train_reference_zutis.py --bundle",
 }
 BUNDLED_MODELS: tuple[str, ...] = tuple(_MARKERS)

@@ -4,7 +4,8 @@ The instance baseline of ZUTIS (Shin, Albanie & Xie, CVPRW 2023, Sec. 4.3, Table
 instance segmentation by treating its semantic segmentation masks for an image as mask proposals"): every
 connected component of every non-background class of a semantic label map is one instance, scored by the mean
 probability of its class inside it. :func:`semantic_instances` turns any segmenter's probabilities into
-:class:`seg_core.InstancePredictions` this way, so a semantic-only method (MaskCLIP) gets a mask AP.
+:class:`seg_core.InstancePredictions` this way, and :class:`ComponentInstances` wraps a semantic-only segmenter
+(MaskCLIP) so that its outputs carry these instances and the evaluator reports its mask AP.
 
 :func:`connected_components` is pure torch (no scipy/numpy): a Shiloach-Vishkin-style label propagation on the
 pixel grid. Every pixel points to a pixel of its component (initially itself, by raster index); each round hooks
@@ -16,14 +17,18 @@ linearly for long snakes).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from seg_core import InstancePredictions
+from seg_core import ConceptSet, InstancePredictions, SegmentationOutput, Segmenter
 
-__all__ = ["connected_components", "semantic_instances"]
+__all__ = ["BACKGROUND_LABEL_NAME", "ComponentInstances", "connected_components", "semantic_instances"]
+
+BACKGROUND_LABEL_NAME = "background"
+"""The label name that yields no instances in :class:`ComponentInstances`."""
 
 
 def _neighbour_minimum(labels: Tensor, mask: Tensor, connectivity: Literal[4, 8], sentinel: int) -> Tensor:
@@ -142,3 +147,39 @@ def semantic_instances(
         scores=torch.stack(scores),
         labels=torch.tensor(instance_labels, dtype=torch.long, device=probabilities.device),
     )
+
+
+class ComponentInstances:
+    """A semantic segmenter whose outputs also carry :func:`semantic_instances` (ZUTIS's MaskCLIP baseline).
+
+    Every connected component of every label but ``"background"`` (when the concept set has that label) becomes one
+    instance, scored by its class's mean probability inside it; the semantic output is unchanged.
+
+    Args:
+        segmenter: Any :class:`seg_core.Segmenter` (e.g. :class:`seg_models.maskclip.MaskCLIPSegmenter`).
+        min_area: Components with fewer pixels are dropped.
+        connectivity: 4 or 8.
+    """
+
+    def __init__(self, segmenter: Segmenter, *, min_area: int = 1, connectivity: Literal[4, 8] = 8) -> None:
+        if min_area < 1:
+            raise ValueError(f"min_area must be >= 1 pixel, got {min_area}; use 1 to keep every component")
+        self.segmenter, self.min_area, self.connectivity = segmenter, min_area, connectivity
+
+    def segment(self, images: Tensor, concepts: ConceptSet) -> SegmentationOutput:
+        """The wrapped segmenter's output with ``instances`` filled from its label map."""
+        output = self.segmenter.segment(images, concepts)
+        names = output.label_names
+        background = names.index(BACKGROUND_LABEL_NAME) if BACKGROUND_LABEL_NAME in names else None
+        probabilities, labels = output.probabilities, output.labels
+        instances = tuple(
+            semantic_instances(
+                probabilities[i],
+                labels=labels[i],
+                background_label=background,
+                min_area=self.min_area,
+                connectivity=self.connectivity,
+            )
+            for i in range(probabilities.shape[0])
+        )
+        return replace(output, instances=instances)
