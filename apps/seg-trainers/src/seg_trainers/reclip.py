@@ -135,8 +135,10 @@ def _rectify_train_default() -> TrainConfig:
 
 def _distill_train_default() -> TrainConfig:
     # Official distillation: SGD lr 0.01, batch 16, poly; the student's backbone starts from random weights here.
+    # 500 steps (four passes over 2,000 images) keep it to minutes on a CPU; a 300-step probe on world 0's val split
+    # already put the student above its rectifier (0.243 vs 0.223 mIoU).
     return TrainConfig(
-        max_steps=1000,
+        max_steps=500,
         lr=0.01,
         weight_decay=5e-4,
         schedule=ScheduleConfig(kind="poly", power=0.9),
