@@ -1,19 +1,21 @@
 """Train and measure ReCLIP++ on the synthetic world: MaskCLIP vs rectified vs distilled, the ablations, the biases.
 
     python tools/train_reference_reclip.py [--run runs/reclip-ref] [--seeds 0 1 2]
-        [--variants reclip no-decoder whole-image add] [--distill-seeds 0] [--eval-seeds 1000 1001 1002]
+        [--variants reclip no-decoder no-decoder-x100 whole-image add] [--distill-seeds 0] [--eval-seeds 1000 1001 1002]
         [--num-images 300] [--bundle]
 
 Per training seed, every variant trains the rectification stage of :class:`seg_trainers.reclip.ReCLIPRecipe` on
 the unlabelled ``index`` images of world seed 0 with the bundled synthetic CLIP (frozen); ``reclip`` is then
 distilled into the DeepLab student for the seeds of ``--distill-seeds``. The variants (the paper's Tables III/V):
 
-==================  ==============================================================================================
-``reclip``          ReCLIP++: crop hypotheses, subtracted bias, 5x5 conv + BN mask decoder (the default recipe)
-``no-decoder``      the rectified logits ``M`` themselves, no mask decoder
-``whole-image``     hypotheses from the whole image (ReCLIP v1's top-k) instead of crops
-``add``             bias logits added instead of subtracted
-==================  ==============================================================================================
+=====================  ===========================================================================================
+``reclip``             ReCLIP++: crop hypotheses, subtracted bias, 5x5 conv + BN mask decoder (the default recipe)
+``no-decoder``         the rectified logits ``M`` themselves, no mask decoder
+``no-decoder-x100``    the same with the Gumbel input scaled by 100 (the official factor: ``M`` is a cosine, so at
+                       scale 1 the Gumbel noise swamps it)
+``whole-image``        hypotheses from the whole image (ReCLIP v1's top-k) instead of crops
+``add``                bias logits added instead of subtracted
+=====================  ===========================================================================================
 
 Each model, and MaskCLIP on the same CLIP (the baseline: the Query logits ``M_q`` alone), is scored on the ``val``
 split of worlds it never saw (``--eval-seeds``, ``--num-images`` each) under the ``synthetic`` preset: mIoU, thing and
@@ -64,6 +66,7 @@ PRESET = "synthetic"
 VARIANTS: dict[str, dict[str, Any]] = {
     "reclip": {},
     "no-decoder": {"model": {"decoder": False}},
+    "no-decoder-x100": {"model": {"decoder": False, "logit_scale": 100.0}},
     "whole-image": {"hypotheses": "whole-image"},
     "add": {"model": {"bias": "add"}},
 }
