@@ -75,7 +75,10 @@ def test_demo_runs_every_available_method_and_writes_the_report(
     records = json.loads((out / "results.json").read_text())
     methods = [(r["method"], r["protocol"]["name"]) for r in records]
     assert methods == [
-        *((m, "synthetic") for m in ("maskclip", "dense-clip", "reco", "reco-plus", "groupvit", "pgseg", "simcon")),
+        *(
+            (m, "synthetic")
+            for m in ("maskclip", "dense-clip", "reco", "reco-plus", "reclip", "groupvit", "pgseg", "simcon")
+        ),
         # ZUTIS predicts a "background" class: it and its baseline run under the object protocol.
         ("maskclip", "synthetic-object"),
         ("zutis", "synthetic-object"),
@@ -85,7 +88,7 @@ def test_demo_runs_every_available_method_and_writes_the_report(
     assert "instance_metrics" in records[-2]  # MaskCLIP's connected components: ZUTIS's instance baseline
     assert "* protocol synthetic-object" in result.text
     report = (out / "report.html").read_text()
-    assert report.count("<img") == 4 * 11  # up to 6 images (4 here) x (image, ground truth, 9 rows)
+    assert report.count("<img") == 4 * 12  # up to 6 images (4 here) x (image, ground truth, 10 rows)
     assert "data:image/png;base64," in report
     for record in records:
         assert f"{record['metrics']['mIoU']:.3f}" in report

@@ -39,8 +39,14 @@ def test_eval_writes_a_results_record(
 
 
 def test_eval_of_a_method_not_landed_exits_2_before_work(
-    run_seg: Callable[..., Any], tiny_world: Path, tmp_path: Path
+    run_seg: Callable[..., Any], tiny_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from seg_cli import segmenters
+
+    # Every method has landed: take one away to exercise the path.
+    monkeypatch.setattr(
+        segmenters, "AVAILABLE_METHODS", tuple(m for m in segmenters.AVAILABLE_METHODS if m != "reclip")
+    )
     out = tmp_path / "r.json"
     result = run_seg("eval", "--method", "reclip", "--dataset", str(tiny_world), "--out", str(out))
     assert result.exit_code == 2
@@ -55,10 +61,10 @@ def test_eval_on_a_folder_that_is_no_dataset(run_seg: Callable[..., Any], tmp_pa
     assert "no known dataset layout" in result.text
 
 
-def test_eval_reco_reco_plus_groupvit_pgseg_and_simcon_with_their_bundled_models(
+def test_eval_the_trained_methods_with_their_bundled_models(
     run_seg: Callable[..., Any], tiny_world: Path, tmp_path: Path
 ) -> None:
-    for method in ("reco", "reco-plus", "groupvit", "pgseg", "simcon"):
+    for method in ("reco", "reco-plus", "reclip", "groupvit", "pgseg", "simcon"):
         out = tmp_path / f"{method}.json"
         result = run_seg("eval", "--method", method, "--dataset", str(tiny_world), "--out", str(out))
         assert result.exit_code == 0, result.text

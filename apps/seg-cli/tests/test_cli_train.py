@@ -219,3 +219,60 @@ def test_train_zutis_unknown_class_names_the_field(run_seg: Callable[..., Any], 
     assert result.exit_code == 1
     assert "unicorn" in result.text
     assert not (tmp_path / "run").exists()
+
+
+def test_train_reclip_then_eval_both_stages_and_refuse_other_class_lists(
+    run_seg: Callable[..., Any], tmp_path: Path
+) -> None:
+    config = tmp_path / "reclip.yaml"
+    tiny = {"max_steps": 2, "progress": False, "tensorboard": False}
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "method": "reclip",
+                "num_images": 8,
+                "rectify_train": tiny,
+                "rectify_batch_size": 4,
+                "distill_train": tiny,
+                "distill_batch_size": 2,
+            }
+        )
+    )
+    run = tmp_path / "reclip-run"
+    result = run_seg("train", "reclip", "--config", str(config), "--out", str(run))
+    assert result.exit_code == 0, result.text
+    assert json.loads((run / "model" / "reclip.json").read_text())["kind"] == "student"
+    assert json.loads((run / "rectifier" / "reclip.json").read_text())["kind"] == "rectifier"
+
+    world = tmp_path / "world"
+    generate_split(world, "val", 2, seed=7, fmt="coco")
+    for folder in ("model", "rectifier"):
+        out = tmp_path / f"{folder}.json"
+        result = run_seg(
+            "eval", "--method", "reclip", "--model", str(run / folder), "--dataset", str(world), "--out", str(out)
+        )
+        assert result.exit_code == 0, result.text
+        assert json.loads(out.read_text())["method"] == "reclip"
+
+    # A ReCLIP++ model segments the classes it was trained for; another list is a clear error naming them.
+    image = next((world / "images" / "val").iterdir())
+    result = run_seg(
+        "predict", str(image), "-m", "reclip", "-c", "cow,unicorn", "--model", str(run / "model"), "-o", "p"
+    )
+    assert result.exit_code == 1
+    assert "unicorn" in result.text
+    # Another method's folder is refused.
+    from seg_zoo.bundled import bundled_model_dir
+
+    zutis = bundled_model_dir("zutis-synthetic")
+    result = run_seg("eval", "--method", "reclip", "--model", str(zutis), "--dataset", str(world), "--out", "x.json")
+    assert result.exit_code == 1
+    assert "reclip.json" in result.text
+
+
+def test_train_reclip_config_typo_names_the_field(run_seg: Callable[..., Any], tmp_path: Path) -> None:
+    config = tmp_path / "reclip.yaml"
+    config.write_text("method: reclip\nmodel:\n  n_ctxx: 4\n")
+    result = run_seg("train", "reclip", "--config", str(config), "--out", str(tmp_path / "run"))
+    assert result.exit_code == 1
+    assert "n_ctxx" in result.text

@@ -10,6 +10,17 @@ import typer
 from seg_cli.unavailable import NOT_AVAILABLE_EXIT_CODE, not_available
 
 
+@pytest.fixture(autouse=True)
+def reclip_not_landed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every method's code has landed; the path for one that has not is exercised by taking ReCLIP++ away."""
+    from seg_cli import segmenters, train
+
+    monkeypatch.setattr(
+        segmenters, "AVAILABLE_METHODS", tuple(m for m in segmenters.AVAILABLE_METHODS if m != "reclip")
+    )
+    monkeypatch.setattr(train, "TRAINABLE_METHODS", tuple(m for m in train.TRAINABLE_METHODS if m != "reclip"))
+
+
 @pytest.fixture
 def inputs(tmp_path: Path) -> dict[str, Path]:
     """Existing input files and folders, so that only the command's body can refuse."""

@@ -50,3 +50,15 @@ def test_bundled_grouping_models_load_and_were_evaluated_on_unseen_worlds(name: 
     assert info["train_world_seed"] not in info["eval"]["world_seeds"]
     assert 0.0 < info["eval"]["scores"]["mIoU"] <= 1.0
     assert sum(path.stat().st_size for path in folder.iterdir()) < 20 * 2**20  # small: fp16, a few MB
+
+
+def test_bundled_reclip_student_loads_and_was_evaluated_on_unseen_worlds() -> None:
+    from seg_models.reclip import ReCLIPStudent, load_reclip_student, read_reclip_info
+
+    folder = bundled_model_dir("reclip-synthetic")
+    assert read_reclip_info(folder)["kind"] == "student"
+    assert isinstance(load_reclip_student(folder), ReCLIPStudent)
+    info = bundled_model_info("reclip-synthetic")
+    assert info["train_world_seed"] not in info["eval"]["world_seeds"]
+    assert 0.0 < info["eval"]["scores"]["mIoU"] <= 1.0
+    assert sum(path.stat().st_size for path in folder.iterdir()) < 20 * 2**20

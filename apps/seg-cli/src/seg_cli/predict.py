@@ -107,8 +107,12 @@ def _predict(images: list[Path], *, method: str, names: tuple[str, ...], model: 
             errors.print(f"[bold red]seg predict:[/] cannot read {path} as an image ({error}); skipped")
             failures += 1
             continue
-        with torch.inference_mode():
-            output = built.segmenter.segment(image_to_tensor(rgb), concepts)
+        try:
+            with torch.inference_mode():
+                output = built.segmenter.segment(image_to_tensor(rgb), concepts)
+        except ConfigError as error:  # e.g. a closed-set model asked for classes it was not trained on
+            stderr_console().print(f"[bold red]seg predict:[/] {error}")
+            raise typer.Exit(code=1) from None
         labels = output.labels[0].cpu().numpy().astype(np.uint8)
         label_png = Image.fromarray(labels, mode="P")
         label_png.putpalette(colors.tobytes())

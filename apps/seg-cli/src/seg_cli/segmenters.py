@@ -60,7 +60,7 @@ BUNDLED_DEFAULTS = {
     "reclip": "reclip-synthetic",
 }
 GROUPING_METHODS = ("groupvit", "pgseg", "simcon")
-AVAILABLE_METHODS: tuple[str, ...] = (*CLIP_METHODS, "reco", "reco-plus", *GROUPING_METHODS, "zutis")
+AVAILABLE_METHODS: tuple[str, ...] = (*CLIP_METHODS, "reco", "reco-plus", "reclip", *GROUPING_METHODS, "zutis")
 """Methods whose model code has landed, in the order ``seg demo`` runs them."""
 
 
@@ -243,12 +243,21 @@ def build_segmenter(
 def _build_reclip(
     model: str | None, preset: ProtocolPreset | Callable[[ModelGeometry], ProtocolPreset]
 ) -> BuiltSegmenter:
-    """ReCLIP++: the distilled student, or the rectified CLIP (a folder of either kind, told by ``reclip.json``)."""
+    """ReCLIP++: the distilled student, or the rectified CLIP (a folder of either kind, told by ``reclip.json``).
+
+    A rectifier needs its CLIP (named in ``reclip.json``, loaded as the CLIP methods' sources are); a student needs
+    none: its geometry is the pixel normalisation it records and the image size it was trained at.
+    """
+    from seg_core import Normalization
     from seg_models.reclip import ReCLIPSegmenter, load_reclip, load_reclip_student, read_reclip_info
 
     folder, recorded = model_folder("reclip", model)
     info = read_reclip_info(folder)
+    if info.get("kind") == "student":
+        size = int(info.get("recipe", {}).get("world", {}).get("size", 224))
+        geometry = _Geometry((size, size), Normalization.model_validate(info["normalization"]))
+        protocol = preset(geometry) if callable(preset) else preset
+        return BuiltSegmenter(ReCLIPSegmenter(load_reclip_student(folder), protocol), "reclip", recorded)
     clip, _ = load_clip_source(str(info["clip"]))
     protocol = preset(clip) if callable(preset) else preset
-    network = load_reclip_student(folder) if info.get("kind") == "student" else load_reclip(folder, clip)
-    return BuiltSegmenter(ReCLIPSegmenter(network, protocol), "reclip", recorded)
+    return BuiltSegmenter(ReCLIPSegmenter(load_reclip(folder, clip), protocol), "reclip", recorded)

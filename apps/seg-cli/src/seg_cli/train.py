@@ -11,7 +11,7 @@ from seg_cli.unavailable import not_available
 
 __all__ = ["TRAINABLE_METHODS", "train"]
 
-TRAINABLE_METHODS = ("reco", "reco-plus", "groupvit", "pgseg", "simcon", "zutis")
+TRAINABLE_METHODS = ("reco", "reco-plus", "reclip", "groupvit", "pgseg", "simcon", "zutis")
 """Methods with a recipe ``seg train`` can run."""
 
 
@@ -45,11 +45,12 @@ def train(
 
     reco: retrieve archives for every concept from the synthetic world's unlabelled split, co-segment them into
     reference embeddings (no gradient steps). reco-plus: pseudo-label the target images with a ReCo model and train
-    a DeepLabv3+ on them. groupvit: train GroupViT from scratch on the world's image-text pairs (InfoNCE). pgseg:
-    the same with PGSeg's prototype-guidance units and losses. simcon: GroupViT (or PGSeg) with the SimCon or
-    multi-view SimCon loss instead of InfoNCE (the recipe's loss.kind; init_from fine-tunes a trained GroupViT).
-    zutis: retrieve archives of the world's things, make saliency pseudo-masks, and train the text-aligned encoder
-    and the instance decoder on copy-paste images.
+    a DeepLabv3+ on them. reclip: multi-label hypotheses from CLIP on the world's unlabelled images, rectification
+    of the frozen CLIP's biases, then distillation into a DeepLab student. groupvit: train GroupViT from scratch on
+    the world's image-text pairs (InfoNCE). pgseg: the same with PGSeg's prototype-guidance units and losses.
+    simcon: GroupViT (or PGSeg) with the SimCon or multi-view SimCon loss instead of InfoNCE (the recipe's
+    loss.kind; init_from fine-tunes a trained GroupViT). zutis: retrieve archives of the world's things, make
+    saliency pseudo-masks, and train the text-aligned encoder and the instance decoder on copy-paste images.
     """
     if method not in TRAINABLE_METHODS:
         not_available(f"seg train {method}", f"the {method} issue (its recipe in seg-trainers)")
@@ -139,6 +140,7 @@ def _train_reclip(config: Path | None, run_dir: Path, resume: bool) -> Path:
         run = train_reclip(
             recipe, clip, run_dir, clip_source=recorded, resume=resume, log=stdout_console().print, progress=progress
         )
+    assert run.model_dir is not None  # every stage ran
     return run.model_dir
 
 

@@ -18,6 +18,10 @@ DeepLabv3+ trained on that model's pseudo-labels (``seg_trainers.reco``). Regene
 captions (``seg_trainers.simcon``, training seed 0). Regenerate it with
 ``python tools/train_reference_simcon.py --bundle`` (after the GroupViT bases above).
 
+``reclip-synthetic``: the ReCLIP++ student distilled from the bundled CLIP rectified on the ``index`` images of
+world seed 0 (``seg_trainers.reclip``, training seed 0; ``reclip.json`` names the CLIP). Regenerate it with
+``python tools/train_reference_reclip.py --seeds 0 --variants reclip --distill-seeds 0 --bundle``.
+
 ``zutis-synthetic``: ZUTIS's fine-tuned vision tower and instance decoder, trained on copy-paste images of the
 saliency pseudo-masks of the things' archives retrieved from world seed 0 (``seg_trainers.zutis``, training seed 0;
 ``zutis.json`` names the reference CLIP, whose text tower classifies). Regenerate it with
@@ -36,6 +40,7 @@ __all__ = [
     "REFERENCE_CLIP",
     "REFERENCE_GROUPVIT",
     "REFERENCE_PGSEG",
+    "REFERENCE_RECLIP",
     "REFERENCE_RECO",
     "REFERENCE_RECO_PLUS",
     "REFERENCE_SIMCON",
@@ -50,6 +55,7 @@ REFERENCE_RECO_PLUS = "reco-plus-synthetic"
 REFERENCE_GROUPVIT = "groupvit-synthetic"
 REFERENCE_PGSEG = "pgseg-synthetic"
 REFERENCE_SIMCON = "simcon-synthetic"
+REFERENCE_RECLIP = "reclip-synthetic"
 REFERENCE_ZUTIS = "zutis-synthetic"
 _MARKERS = {
     REFERENCE_CLIP: "open_clip_config.json",
@@ -58,6 +64,7 @@ _MARKERS = {
     REFERENCE_GROUPVIT: "config.json",
     REFERENCE_PGSEG: "pgseg.json",
     REFERENCE_SIMCON: "config.json",
+    REFERENCE_RECLIP: "reclip.json",
     REFERENCE_ZUTIS: "zutis.json",
 }
 _REGENERATE = {
@@ -67,6 +74,7 @@ _REGENERATE = {
     REFERENCE_GROUPVIT: "python tools/train_reference_groupvit.py --run runs/pgseg-ref --continue-steps 2500 --bundle",
     REFERENCE_PGSEG: "python tools/train_reference_groupvit.py --run runs/pgseg-ref --continue-steps 2500 --bundle",
     REFERENCE_SIMCON: "python tools/train_reference_simcon.py --bundle",
+    REFERENCE_RECLIP: "python tools/train_reference_reclip.py --seeds 0 --variants reclip --distill-seeds 0 --bundle",
     REFERENCE_ZUTIS: "python tools/train_reference_zutis.py --bundle",
 }
 BUNDLED_MODELS: tuple[str, ...] = tuple(_MARKERS)
