@@ -94,6 +94,7 @@ from seg_models.inference import (
     segmentation_from_similarities,
 )
 from seg_models.refiners import make_refiner
+from seg_models.weights import export_tensors, read_method_json
 
 __all__ = [
     "RECLIP_FILE",
@@ -1072,14 +1073,6 @@ def _clip_summary(clip: ClipModel) -> dict[str, Any]:
     return summary
 
 
-def _export(state: Mapping[str, Tensor], fp16: bool) -> dict[str, Tensor]:
-    """As :func:`seg_models.weights.export_state_dict`, for a filtered state dict."""
-    return {
-        key: (value.half() if fp16 and value.is_floating_point() else value).detach().to("cpu").contiguous()
-        for key, value in state.items()
-    }
-
-
 def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     write(tmp)
@@ -1150,7 +1143,7 @@ def save_reclip(
         "normalization": rectifier.normalization.model_dump(mode="json"),
         **more,
     }
-    tensors = _export(rectifier.own_state_dict(), fp16)
+    tensors = export_tensors(rectifier.own_state_dict(), fp16=fp16)
     return _write_folder(folder, info, tensors, "seg_models.reclip.ReCLIPRectifier")
 
 
@@ -1184,7 +1177,7 @@ def save_reclip_student(
         "normalization": student.normalization.model_dump(mode="json"),
         **more,
     }
-    tensors = _export(student.state_dict(), fp16)
+    tensors = export_tensors(student.state_dict(), fp16=fp16)
     return _write_folder(folder, info, tensors, "seg_models.reclip.ReCLIPStudent")
 
 
@@ -1205,16 +1198,7 @@ def read_reclip_info(folder: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"{directory} has no {RECLIP_FILE}, so it is not a ReCLIP++ model folder{held}; {_TRAIN_HINT}"
         )
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"malformed JSON in {path}: {error}") from None
-    if not isinstance(info, dict):
-        raise ConfigError(f"{path} must hold a JSON object, got {type(info).__name__}; {_TRAIN_HINT}")
-    method = info.get("method")
-    if method != "reclip":
-        raise ConfigError(f"{path}: method is {method!r}, not 'reclip', so this is not a ReCLIP++ model; {_TRAIN_HINT}")
-    return info
+    return read_method_json(path, method="reclip", display_name="ReCLIP++", hint=_TRAIN_HINT)
 
 
 def _read_kind(folder: str | Path, kind: str) -> tuple[Path, dict[str, Any], dict[str, Tensor]]:

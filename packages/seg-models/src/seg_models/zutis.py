@@ -72,7 +72,7 @@ from seg_models.inference import (
     resize_logits,
 )
 from seg_models.refiners import make_refiner
-from seg_models.weights import export_state_dict
+from seg_models.weights import export_state_dict, read_method_json
 
 if TYPE_CHECKING:
     from seg_models.clip import ClipModel
@@ -868,16 +868,7 @@ def read_zutis_info(folder: str | Path) -> dict[str, Any]:
     path = directory / ZUTIS_FILE
     if not path.is_file():
         raise ConfigError(f"{directory} has no {ZUTIS_FILE}, so it is not a ZUTIS model folder; {_TRAIN_HINT}")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"malformed JSON in {path}: {error}") from None
-    if not isinstance(info, dict):
-        raise ConfigError(f"{path} must hold a JSON object, got {type(info).__name__}; {_TRAIN_HINT}")
-    method = info.get("method")
-    if method != "zutis":
-        raise ConfigError(f"{path}: method is {method!r}, not 'zutis', so this is not a ZUTIS model; {_TRAIN_HINT}")
-    return info
+    return read_method_json(path, method="zutis", display_name="ZUTIS", hint=_TRAIN_HINT)
 
 
 def load_zutis(
