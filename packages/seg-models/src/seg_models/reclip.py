@@ -94,7 +94,7 @@ from seg_models.inference import (
     segmentation_from_similarities,
 )
 from seg_models.refiners import make_refiner
-from seg_models.weights import export_tensors, read_method_json
+from seg_models.weights import export_tensors, read_method_json, state_mismatch
 
 __all__ = [
     "RECLIP_FILE",
@@ -1219,11 +1219,7 @@ def _read_kind(folder: str | Path, kind: str) -> tuple[Path, dict[str, Any], dic
 
 def _check_state(module: nn.Module, state: Mapping[str, Tensor], expected_keys: set[str], where: Path) -> None:
     expected = {key: value for key, value in module.state_dict().items() if key in expected_keys}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(
-        key for key in set(state) & set(expected) if tuple(state[key].shape) != tuple(expected[key].shape)
-    )
+    missing, unexpected, mismatched = state_mismatch(expected, state)
     if missing or unexpected or mismatched:
         raise ConfigError(
             f"the weights in {where} do not fit the model {RECLIP_FILE} describes (missing {missing[:5]}, unexpected "

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from seg_core import ConfigError
 
-__all__ = ["export_state_dict", "export_tensors", "read_method_json"]
+__all__ = ["export_state_dict", "export_tensors", "read_method_json", "state_mismatch"]
 
 
 def read_method_json(path: Path, *, method: str, display_name: str, hint: str) -> dict[str, Any]:
@@ -58,3 +58,16 @@ def export_tensors(state: Mapping[str, Tensor], *, fp16: bool = False) -> dict[s
         key: (value.half() if fp16 and value.is_floating_point() else value).detach().to("cpu").contiguous()
         for key, value in state.items()
     }
+
+
+def state_mismatch(
+    expected: Mapping[str, Tensor], state: Mapping[str, Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """How a loaded ``state`` fails to fit a model's ``expected`` state dict: sorted missing keys, unexpected keys
+    and keys whose shapes differ (all empty when it fits)."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(
+        key for key in set(state) & set(expected) if tuple(state[key].shape) != tuple(expected[key].shape)
+    )
+    return missing, unexpected, mismatched

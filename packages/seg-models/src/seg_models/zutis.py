@@ -72,7 +72,7 @@ from seg_models.inference import (
     resize_logits,
 )
 from seg_models.refiners import make_refiner
-from seg_models.weights import export_state_dict, read_method_json
+from seg_models.weights import export_state_dict, read_method_json, state_mismatch
 
 if TYPE_CHECKING:
     from seg_models.clip import ClipModel
@@ -914,11 +914,7 @@ def load_zutis(
         )
     state = {key: value.float() if value.is_floating_point() else value for key, value in load_file(weights).items()}
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(
-        key for key in set(state) & set(expected) if tuple(state[key].shape) != tuple(expected[key].shape)
-    )
+    missing, unexpected, mismatched = state_mismatch(expected, state)
     if missing or unexpected or mismatched:
         raise ConfigError(
             f"the weights in {weights} do not fit a ZUTIS on the CLIP given (missing {missing[:5]}, unexpected "
