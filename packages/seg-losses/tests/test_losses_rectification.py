@@ -443,3 +443,26 @@ def test_distillation_loss_is_the_weighted_sum() -> None:
     assert float(other.total) == pytest.approx(float(mask + 2.0 * feat), rel=1e-6)
     with pytest.raises(ValueError, match="alpha"):
         distillation_loss(logits, features, teacher, labels, text=text, hypotheses=hypotheses, alpha=-1.0)
+
+
+def test_distillation_mask_scale_scales_only_the_gumbel_input_of_the_text_term() -> None:
+    torch.manual_seed(3)
+    logits, features, teacher = torch.randn(2, 3, 3, 3), torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    labels, text = torch.randint(0, 3, (2, 3, 3)), torch.randn(3, 4)
+    hypotheses = torch.tensor([[True, False, True], [False, True, False]])
+    scaled = distillation_loss(
+        logits,
+        features,
+        teacher,
+        labels,
+        text=text,
+        hypotheses=hypotheses,
+        mask_scale=7.0,
+        generator=torch.Generator().manual_seed(0),
+    )
+    expected_text = rectification_loss(
+        features, logits * 7.0, text, hypotheses, generator=torch.Generator().manual_seed(0)
+    )
+    torch.testing.assert_close(scaled.text, expected_text)
+    torch.testing.assert_close(scaled.mask, mask_guided_loss(logits, labels))  # the cross-entropy is unscaled
+    torch.testing.assert_close(scaled.total, scaled.mask + 0.5 * scaled.feat + 0.5 * scaled.text)

@@ -38,10 +38,7 @@ Choices (all recipe fields; see :class:`ReCLIPRecipe`):
   mmseg's photometric distortion).
 - *L_text of the distillation* samples its Gumbel masks from the student's ``M^D`` multiplied by the config's
   ``logit_scale``, exactly as the rectification stage does (Sec. III-E: "the same strategy"), while Eq. 8's
-  cross-entropy is on ``M^D`` itself. :func:`seg_losses.distillation_loss` takes one logits tensor for both terms,
-  so the three terms are computed here with :func:`~seg_losses.rectification.mask_guided_loss`,
-  :func:`~seg_losses.rectification.feature_guided_loss` and :func:`~seg_losses.rectification.rectification_loss`
-  and summed as Eq. 10.
+  cross-entropy is on ``M^D`` itself (:func:`seg_losses.distillation_loss` with ``mask_scale``).
 - *Teacher.* The distillation reads the exported (fp16) rectifier, the model that is evaluated as ReCLIP++ "rec.",
   whether it was trained in the same call or earlier.
 """
@@ -66,7 +63,7 @@ from seg_core import ConceptSet, ConfigError, MethodConfig, NoBackground, Normal
 from seg_eval.world import WorldConfig, render
 from seg_eval.world.classes import class_by_name
 from seg_eval.world.config import SplitName
-from seg_losses.rectification import feature_guided_loss, mask_guided_loss, rectification_loss
+from seg_losses.rectification import distillation_loss, rectification_loss
 from seg_models.clip import ClipModel
 from seg_models.deeplab import deeplab_preset
 from seg_models.inference import normalize_images
@@ -714,21 +711,25 @@ def distill_step(
         with torch.no_grad():
             target = teacher.dense_features(normalize_images(pixels, teacher_norm.mean, teacher_norm.std))
         output = model(normalize_images(pixels, student_normalization.mean, student_normalization.std))
-        size = (int(pixels.shape[-2]), int(pixels.shape[-1]))
-        mask = mask_guided_loss(output.logits, batch["labels"], ignore_index=ignore_index)
-        feat = feature_guided_loss(target, output.features, size)
-        text_loss = rectification_loss(
+        losses = distillation_loss(
+            output.logits,
             output.features,
-            output.logits * config.logit_scale,
-            text.to(pixels.device),
-            batch["hypotheses"],
+            target,
+            batch["labels"],
+            text=text.to(pixels.device),
+            hypotheses=batch["hypotheses"],
+            alpha=alpha,
+            beta=beta,
+            ignore_index=ignore_index,
+            feature_size=(int(pixels.shape[-2]), int(pixels.shape[-1])),
+            mask_scale=config.logit_scale,
             tau=tau,
             gumbel_tau=config.gumbel_tau,
             generator=_noise(batch, pixels.device),
             pooling=pooling,
             similarity=similarity,
         )
-        loss = mask + alpha * feat + beta * text_loss
+        loss, mask, feat, text_loss = losses.total, losses.mask, losses.feat, losses.text
         metrics = {"mask": mask.detach(), "feat": feat.detach(), "text": text_loss.detach()}
         return StepOutput(loss=loss, metrics=metrics, num_samples=int(pixels.shape[0]))
 

@@ -423,6 +423,7 @@ def distillation_loss(
     beta: float = 0.5,
     ignore_index: int = 255,
     feature_size: tuple[int, int] | None = None,
+    mask_scale: float = 1.0,
     tau: float | None = None,
     logit_scale: Tensor | float | None = None,
     gumbel_tau: float = 1.0,
@@ -434,8 +435,9 @@ def distillation_loss(
 
     - ``L_mask`` = :func:`mask_guided_loss` of ``student_logits`` (upsampled to the labels) against ``pseudo_labels``;
     - ``L_feat`` = :func:`feature_guided_loss` of ``teacher_features`` and ``student_features`` at ``feature_size``;
-    - ``L_text`` = :func:`rectification_loss` of ``student_features`` and ``student_logits`` (the text-guided loss
-      uses the student's features and masks, Sec. III-E).
+    - ``L_text`` = :func:`rectification_loss` of ``student_features`` and ``mask_scale · student_logits`` (the
+      text-guided loss uses the student's features and masks, Sec. III-E, with the Gumbel input scaled as in the
+      rectification stage).
 
     ``α = β = 0.5`` are the paper's values (Sec. IV, implementation details; the official distillation uses the same).
 
@@ -450,6 +452,8 @@ def distillation_loss(
         beta: Weight of ``L_text`` (default 0.5).
         ignore_index: Ignored label value of ``pseudo_labels`` (default 255).
         feature_size: ``(H, W)`` for Eq. 9; ``None`` (default) is the labels' size, the image size.
+        mask_scale: Factor on ``student_logits`` before the Gumbel-softmax of ``L_text`` only (the rectifier's
+            ``logit_scale``: 1 as the paper, 100 as the official code); ``L_mask`` reads the logits unscaled.
         tau: See :func:`rectification_loss`.
         logit_scale: See :func:`rectification_loss`.
         gumbel_tau: See :func:`rectification_loss`.
@@ -470,7 +474,7 @@ def distillation_loss(
     feat = feature_guided_loss(teacher_features, student_features, size)
     text_loss = rectification_loss(
         student_features,
-        student_logits,
+        student_logits * mask_scale,
         text,
         hypotheses,
         tau=tau,
