@@ -183,6 +183,18 @@ def test_manifest_rebuilds_method_config() -> None:
         CheckpointManifest.parse({"method": "x", "method_config": {"width": 1}})
 
 
+def test_manifest_refuses_another_major_version() -> None:
+    assert CheckpointManifest.parse({"method": "m", "format_version": "1.7"}).format_version == "1.7"
+    with pytest.raises(ConfigError, match=r"format_version.*major version 2.*upgrade"):
+        CheckpointManifest.parse({"method": "m", "format_version": "2.0"})
+    with pytest.raises(ConfigError, match=r"format_version.*major version 0"):
+        CheckpointManifest.parse({"method": "m", "format_version": "0.3"})
+    with pytest.raises(ConfigError, match="MAJOR.MINOR"):
+        CheckpointManifest.parse({"method": "m", "format_version": "one"})
+    with pytest.raises(ConfigError, match="colour"):
+        CheckpointManifest.parse({"method": "m", "colour": "red"})
+
+
 def test_file_digest_requires_hex_sha256() -> None:
     with pytest.raises(ConfigError, match="sha256"):
         FileDigest.parse({"sha256": "xyz", "size": 1})

@@ -134,7 +134,7 @@ def test_pseudo_mask_records() -> None:
 
 @pytest.mark.parametrize("name", ["reclip-vit-b16.voc", "groupvit-tiny.synthetic", "reco_plus-rn50.coco-stuff27"])
 def test_zoo_names_accepted(name: str) -> None:
-    entry = ZooEntry(name=name, method=name.split("-", maxsplit=1)[0])
+    entry = ZooEntry(name=name, method=name.split("-", maxsplit=1)[0], hf_hub_id="org/repo")
     assert entry.name == name
     assert entry.arch + "." + entry.tag == name
 
@@ -148,4 +148,14 @@ def test_zoo_names_rejected(name: str) -> None:
 def test_zoo_hub_id_shape() -> None:
     with pytest.raises(ConfigError, match="org/name"):
         ZooEntry.parse({"name": "a-b.c", "method": "a", "hf_hub_id": "no-slash"})
+
+
+def test_zoo_entry_needs_a_weight_source() -> None:
+    with pytest.raises(ConfigError, match="names no weights"):
+        ZooEntry.parse({"name": "a-b.c", "method": "a"})
+    with pytest.raises(ConfigError, match="weights_format must be 'open_clip'"):
+        ZooEntry.parse({"name": "a-b.c", "method": "a", "open_clip": "ViT-B-16/openai"})
+    entry = ZooEntry(name="a-b.c", method="a", open_clip="ViT-B-16/openai", weights_format="open_clip")
+    assert entry.hf_hub_id is None
+    assert ZooEntry(name="a-b.c", method="a", bundled="synthetic-clip").bundled == "synthetic-clip"
     assert isinstance(BackgroundClass().names, tuple)

@@ -37,7 +37,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from pydantic import Field, PositiveInt
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from seg_core import (
@@ -48,7 +48,6 @@ from seg_core import (
     MaskRefiner,
     MethodConfig,
     Normalization,
-    ProtocolPreset,
     ScheduleConfig,
     Segmenter,
     TrainConfig,
@@ -58,16 +57,21 @@ from seg_eval.world import STUFF_NAMES, WorldConfig, render
 from seg_eval.world.classes import CLASSES
 from seg_eval.world.config import SplitName
 from seg_models.clip import ClipModel
-from seg_models.closed_set import ClosedSetSegmenter
 from seg_models.deeplab import DeepLabConfig, build_deeplab, deeplab_preset, parameter_groups
 from seg_models.inference import normalize_images
 from seg_models.reco import (
+    RECO_FILE,
+    RECO_PLUS_FILE,
+    RECO_PLUS_WEIGHTS,
     CosegBackboneConfig,
     ReCoOptions,
-    ReCoSegmenter,
+    ReCoPlusInfo,
     ReferenceEmbeddings,
     build_coseg_backbone,
-    load_reference_embeddings,
+    load_reco,
+    load_reco_plus,
+    read_reco_info,
+    read_reco_plus_info,
     save_reference_embeddings,
 )
 from seg_models.refiners import make_refiner
@@ -100,9 +104,6 @@ __all__ = [
     "retrieve_world_archive",
     "train_reco_plus",
 ]
-
-RECO_FILE = "reco.json"
-"""The description file of a ReCo model folder (next to ``reco_references.safetensors``)."""
 
 WORLD_CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
 
@@ -430,47 +431,9 @@ def _stage(progress: Progress, stage: str) -> Callable[[int, int], None]:
     return report
 
 
-def read_reco_info(model_dir: str | Path) -> dict[str, Any]:
-    """``reco.json`` of a ReCo model folder; :class:`ConfigError` when it is not one (e.g. another method's)."""
-    path = Path(model_dir) / RECO_FILE
-    if not path.is_file():
-        raise ConfigError(
-            f"model: {model_dir} is not a ReCo model folder (no {RECO_FILE}); build one with `seg train reco`"
-        )
-    info: dict[str, Any] = json.loads(path.read_text())
-    if info.get("method") != "reco":
-        raise ConfigError(f"model: {path} describes a {info.get('method')!r} model, not reco")
-    return info
-
-
-def load_reco(
-    model_dir: str | Path,
-    clip: ClipModel,
-    preset: ProtocolPreset | None = None,
-    *,
-    options: ReCoOptions | None = None,
-) -> ReCoSegmenter:
-    """A :class:`ReCoSegmenter` from a model folder written by :func:`build_reco`.
-
-    Args:
-        model_dir: The folder.
-        clip: The CLIP named by ``read_reco_info(model_dir)["clip"]`` (the caller loads it).
-        preset: Inference preset (its ``refinement: crf`` is the paper's CRF).
-        options: Override the stored inference switches (ablations).
-    """
-    info = read_reco_info(model_dir)
-    references = load_reference_embeddings(model_dir)
-    stored = ReCoOptions.parse(info.get("options", {}))
-    return ReCoSegmenter(clip, references, preset, options=options or stored)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # ReCo+
 # ---------------------------------------------------------------------------------------------------------------
-
-RECO_PLUS_FILE = "reco_plus.json"
-"""The description file of a ReCo+ model folder (next to ``model.safetensors``)."""
-RECO_PLUS_WEIGHTS = "model.safetensors"
 
 
 def _reco_plus_train_default() -> TrainConfig:
@@ -696,52 +659,3 @@ def export_reco_plus(
     }
     (target / RECO_PLUS_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return target
-
-
-@dataclass(frozen=True)
-class ReCoPlusInfo:
-    """``reco_plus.json`` of a ReCo+ model folder, parsed.
-
-    Attributes:
-        deeplab: The network's config.
-        label_names: Its labels, in channel order.
-        normalization: Pixel normalisation of its input.
-        image_size: The crop size it was trained at (a good sliding-window size).
-    """
-
-    deeplab: DeepLabConfig
-    label_names: tuple[str, ...]
-    normalization: Normalization
-    image_size: tuple[int, int]
-
-
-def read_reco_plus_info(model_dir: str | Path) -> ReCoPlusInfo:
-    """Parse ``reco_plus.json``; :class:`ConfigError` when the folder is not a ReCo+ model (e.g. another method's)."""
-    path = Path(model_dir) / RECO_PLUS_FILE
-    if not path.is_file():
-        raise ConfigError(
-            f"model: {model_dir} is not a ReCo+ model folder (no {RECO_PLUS_FILE}); train one with "
-            "`seg train reco-plus`"
-        )
-    info = json.loads(path.read_text())
-    if info.get("method") != "reco-plus":
-        raise ConfigError(f"model: {path} describes a {info.get('method')!r} model, not reco-plus")
-    size = info.get("image_size", [64, 64])
-    return ReCoPlusInfo(
-        deeplab=DeepLabConfig.parse(info["deeplab"]),
-        label_names=tuple(info["label_names"]),
-        normalization=Normalization.parse(info["normalization"]),
-        image_size=(int(size[0]), int(size[1])),
-    )
-
-
-def load_reco_plus(
-    model_dir: str | Path, preset: ProtocolPreset | None = None, *, device: str | torch.device = "cpu"
-) -> ClosedSetSegmenter:
-    """A :class:`ClosedSetSegmenter` from a folder written by :func:`export_reco_plus`."""
-    folder = Path(model_dir)
-    info = read_reco_plus_info(folder)
-    model = build_deeplab(info.deeplab)
-    state = load_file(str(folder / RECO_PLUS_WEIGHTS))
-    model.load_state_dict({key: value.float() if value.is_floating_point() else value for key, value in state.items()})
-    return ClosedSetSegmenter(model.to(device), info.label_names, info.normalization, preset)

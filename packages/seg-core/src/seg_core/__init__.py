@@ -29,12 +29,22 @@ from seg_core.protocol import (
 from seg_core.protocols import CoSegmenter, ImageTextEncoder, MaskRefiner, Retriever, Segmenter
 from seg_core.records import Archive, ArchiveItem, ConceptArchive, PseudoMaskRecord, PseudoMaskSet
 from seg_core.templates import IMAGENET_TEMPLATES, SCENE_TEMPLATES, TEMPLATE_SETS, resolve_templates
-from seg_core.zoo import CheckpointManifest, FileDigest, PaperRef, Preprocessing, UpstreamWeights, ZooEntry
+from seg_core.zoo import (
+    MANIFEST_FORMAT_VERSION,
+    CheckpointManifest,
+    FileDigest,
+    PaperRef,
+    Preprocessing,
+    UpstreamWeights,
+    ZooEntry,
+    ZooResult,
+)
 
 __all__ = [
     "CLIP_MEAN_STD",
     "IMAGENET_MEAN_STD",
     "IMAGENET_TEMPLATES",
+    "MANIFEST_FORMAT_VERSION",
     "SCENE_TEMPLATES",
     "TEMPLATE_SETS",
     "Archive",
@@ -70,6 +80,7 @@ __all__ = [
     "TrainConfig",
     "UpstreamWeights",
     "ZooEntry",
+    "ZooResult",
     "__version__",
     "format_validation_error",
     "method_config_class",

@@ -14,7 +14,8 @@ As the official code (``networks/reco.py``): no temperature in ``P_c`` (so it li
 the saliency (the paper gives no temperature). The co-segmentation backbone is any timm model (the paper: DeiT-S/16
 trained on stylised ImageNet, final LayerNorm'd patch tokens) or the CLIP vision tower itself.
 
-Contents: the backbone config and feature extractor; reference embeddings (file format); the segmenter.
+Contents: the backbone config and feature extractor; reference embeddings (file format); the segmenter; the model
+folders of ReCo and ReCo+ (``reco.json`` / ``reco_plus.json``), read here so that loading needs no trainer.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from seg_core import (
@@ -42,6 +43,8 @@ from seg_core import (
     SegModel,
 )
 from seg_models.clip import ClipModel, ConceptEmbeddings
+from seg_models.closed_set import ClosedSetSegmenter
+from seg_models.deeplab import DeepLabConfig, build_deeplab
 from seg_models.dense_clip import DenseVariant, dense_clip_features, feature_stride
 from seg_models.inference import (
     check_pixel_images,
@@ -55,14 +58,22 @@ from seg_models.inference import (
 from seg_models.refiners import make_refiner
 
 __all__ = [
+    "RECO_FILE",
+    "RECO_PLUS_FILE",
+    "RECO_PLUS_WEIGHTS",
     "REFERENCES_FILE_NAME",
     "CosegBackbone",
     "CosegBackboneConfig",
     "ReCoOptions",
+    "ReCoPlusInfo",
     "ReCoSegmenter",
     "ReferenceEmbeddings",
     "build_coseg_backbone",
+    "load_reco",
+    "load_reco_plus",
     "load_reference_embeddings",
+    "read_reco_info",
+    "read_reco_plus_info",
     "save_reference_embeddings",
 ]
 
@@ -420,3 +431,99 @@ def _crop_upsample(maps: Tensor, stride: tuple[int, int], size: tuple[int, int])
     """Upsample maps of a zero-padded input to the padded size and cut the padding off."""
     padded = (maps.shape[-2] * stride[0], maps.shape[-1] * stride[1]) if stride != (1, 1) else size
     return resize_logits(maps, (int(padded[0]), int(padded[1])))[..., : size[0], : size[1]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model folders (``seg train reco`` / ``seg train reco-plus``)
+# ---------------------------------------------------------------------------------------------------------------
+
+RECO_FILE = "reco.json"
+"""The description file of a ReCo model folder (next to ``reco_references.safetensors``)."""
+
+
+def read_reco_info(model_dir: str | Path) -> dict[str, Any]:
+    """``reco.json`` of a ReCo model folder; :class:`ConfigError` when it is not one (e.g. another method's)."""
+    path = Path(model_dir) / RECO_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"model: {model_dir} is not a ReCo model folder (no {RECO_FILE}); build one with `seg train reco`"
+        )
+    info: dict[str, Any] = json.loads(path.read_text())
+    if info.get("method") != "reco":
+        raise ConfigError(f"model: {path} describes a {info.get('method')!r} model, not reco")
+    return info
+
+
+def load_reco(
+    model_dir: str | Path,
+    clip: ClipModel,
+    preset: ProtocolPreset | None = None,
+    *,
+    options: ReCoOptions | None = None,
+) -> ReCoSegmenter:
+    """A :class:`ReCoSegmenter` from a model folder written by ``seg train reco``.
+
+    Args:
+        model_dir: The folder.
+        clip: The CLIP named by ``read_reco_info(model_dir)["clip"]`` (the caller loads it).
+        preset: Inference preset (its ``refinement: crf`` is the paper's CRF).
+        options: Override the stored inference switches (ablations).
+    """
+    info = read_reco_info(model_dir)
+    references = load_reference_embeddings(model_dir)
+    stored = ReCoOptions.parse(info.get("options", {}))
+    return ReCoSegmenter(clip, references, preset, options=options or stored)
+
+
+RECO_PLUS_FILE = "reco_plus.json"
+"""The description file of a ReCo+ model folder (next to ``model.safetensors``)."""
+RECO_PLUS_WEIGHTS = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class ReCoPlusInfo:
+    """``reco_plus.json`` of a ReCo+ model folder, parsed.
+
+    Attributes:
+        deeplab: The network's config.
+        label_names: Its labels, in channel order.
+        normalization: Pixel normalisation of its input.
+        image_size: The crop size it was trained at (a good sliding-window size).
+    """
+
+    deeplab: DeepLabConfig
+    label_names: tuple[str, ...]
+    normalization: Normalization
+    image_size: tuple[int, int]
+
+
+def read_reco_plus_info(model_dir: str | Path) -> ReCoPlusInfo:
+    """Parse ``reco_plus.json``; :class:`ConfigError` when the folder is not a ReCo+ model (e.g. another method's)."""
+    path = Path(model_dir) / RECO_PLUS_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"model: {model_dir} is not a ReCo+ model folder (no {RECO_PLUS_FILE}); train one with "
+            "`seg train reco-plus`"
+        )
+    info = json.loads(path.read_text())
+    if info.get("method") != "reco-plus":
+        raise ConfigError(f"model: {path} describes a {info.get('method')!r} model, not reco-plus")
+    size = info.get("image_size", [64, 64])
+    return ReCoPlusInfo(
+        deeplab=DeepLabConfig.parse(info["deeplab"]),
+        label_names=tuple(info["label_names"]),
+        normalization=Normalization.parse(info["normalization"]),
+        image_size=(int(size[0]), int(size[1])),
+    )
+
+
+def load_reco_plus(
+    model_dir: str | Path, preset: ProtocolPreset | None = None, *, device: str | torch.device = "cpu"
+) -> ClosedSetSegmenter:
+    """A :class:`ClosedSetSegmenter` from a folder written by ``seg train reco-plus``."""
+    folder = Path(model_dir)
+    info = read_reco_plus_info(folder)
+    model = build_deeplab(info.deeplab)
+    state = load_file(str(folder / RECO_PLUS_WEIGHTS))
+    model.load_state_dict({key: value.float() if value.is_floating_point() else value for key, value in state.items()})
+    return ClosedSetSegmenter(model.to(device), info.label_names, info.normalization, preset)
