@@ -1,18 +1,29 @@
-"""seg-zoo: The seg model zoo: registry and Hugging Face Hub I/O with safetensors.
+"""seg-zoo: the seg model zoo: a registry keyed ``method-arch.tag``, Hugging Face Hub I/O with safetensors, and
+the synthetic-world checkpoints of every method bundled in the wheel.
 
-Status: skeleton. The modules below exist so the package map is complete and installable; each is empty until
-the issue named beside it lands (see docs/architecture.md):
-
-    seg_zoo.registry: The zoo table keyed ``method-arch.tag``, listing with wildcards (seg-zoo issue).
-    seg_zoo.hub: ``load`` / ``save_pretrained`` / ``push_to_hub`` with safetensors, config.json and a model card
-        (seg-zoo issue).
+    import seg_zoo
+    seg_zoo.list_models("reco*")
+    segmenter = seg_zoo.load("reclip-deeplab-r18-tiny.synthetic")      # or "hf-hub:org/name@rev", "local-dir:PATH"
+    seg_zoo.save_pretrained(segmenter, "out/")                          # model.safetensors, config.json, README.md
+    seg_zoo.push_to_hub("runs/my-reclip", "my-org/reclip-synthetic", tag="v1")
 """
 
 from seg_zoo.__about__ import __version__
+from seg_zoo.hub import ResolvedModel, load, load_clip_model, pull, push_to_hub, resolve, save_pretrained
+from seg_zoo.registry import default_entry, entries, get_entry, list_models, register
 
-SKELETON_MODULES: tuple[str, ...] = (
-    "registry",
-    "hub",
-)
-
-__all__ = ["SKELETON_MODULES", "__version__"]
+__all__ = [
+    "ResolvedModel",
+    "__version__",
+    "default_entry",
+    "entries",
+    "get_entry",
+    "list_models",
+    "load",
+    "load_clip_model",
+    "pull",
+    "push_to_hub",
+    "register",
+    "resolve",
+    "save_pretrained",
+]
