@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import seg_zoo
 from seg_eval.world import generate_split
 
 
@@ -70,7 +71,7 @@ def test_eval_the_trained_methods_with_their_bundled_models(
         assert result.exit_code == 0, result.text
         record = json.loads(out.read_text())
         assert record["method"] == method
-        assert record["model"] == f"bundled:{method}-synthetic"
+        assert record["model"] == seg_zoo.default_entry(method).name
         assert 0.0 < record["metrics"]["mIoU"] <= 1.0
 
 
@@ -84,7 +85,8 @@ def test_eval_with_another_methods_model_folder_is_a_clear_error(
         "eval", "--method", "reco", "--model", f"local-dir:{reco_plus}", "--dataset", str(tiny_world), "--out", "r.json"
     )
     assert result.exit_code == 1
-    assert "not a ReCo model folder" in result.text
+    assert "holds a ReCo+ model" in result.text
+    assert "not a ReCo one" in result.text
     missing = run_seg(
         "eval",
         "--method",

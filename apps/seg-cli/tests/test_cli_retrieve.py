@@ -97,10 +97,12 @@ def _by_hand(path: Path, clip: Any) -> torch.Tensor:
 def test_embed_writes_the_clip_embeddings_of_every_image(pipeline: Pipeline, clip: Any) -> None:
     from seg_retrieval.store import EmbeddingStore
 
-    assert "embedded 8 images with bundled:synthetic-clip (128-d, 3 shards)" in " ".join(pipeline.outputs[0].split())
+    assert "embedded 8 images with maskclip-vit-tiny-p8.synthetic (128-d, 3 shards)" in " ".join(
+        pipeline.outputs[0].split()
+    )
     store = EmbeddingStore.open(pipeline.store)
     assert store.ids == tuple(sorted(["more/alpha.png", "more/grey.png", *(f"img{n}.png" for n in range(6))]))
-    assert store.encoder == "bundled:synthetic-clip"
+    assert store.encoder == "maskclip-vit-tiny-p8.synthetic"
     paths = [pipeline.images / image_id for image_id in store.ids]
     with torch.no_grad():
         expected = torch.nn.functional.normalize(clip.encode_image(torch.stack([_by_hand(p, clip) for p in paths])))
@@ -115,7 +117,7 @@ def test_curate_returns_the_brute_force_top_k_of_the_ensembled_text(pipeline: Pi
 
     archive = load_archive(pipeline.archive)
     assert archive.concept_names == CONCEPTS
-    assert (archive.k, archive.encoder, archive.templates) == (4, "bundled:synthetic-clip", "imagenet85")
+    assert (archive.k, archive.encoder, archive.templates) == (4, "maskclip-vit-tiny-p8.synthetic", "imagenet85")
     assert archive.store == str(pipeline.store.resolve())
     store = EmbeddingStore.open(pipeline.store)
     with torch.no_grad():
@@ -134,7 +136,7 @@ def test_index_kinds_and_knobs(pipeline: Pipeline, tmp_path: Path) -> None:
     from seg_retrieval.index import EmbeddingIndex
 
     flat = EmbeddingIndex.load(pipeline.index)
-    assert (flat.config.kind, len(flat), flat.encoder) == ("flat", 8, "bundled:synthetic-clip")
+    assert (flat.config.kind, len(flat), flat.encoder) == ("flat", 8, "maskclip-vit-tiny-p8.synthetic")
     result = _invoke(
         "retrieve", "index", str(pipeline.store), "--out", str(tmp_path / "ivf"), "--kind", "IVF_FLAT", "--nlist", "2",
         "--nprobe", "2",

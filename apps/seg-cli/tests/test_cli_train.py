@@ -267,7 +267,8 @@ def test_train_reclip_then_eval_both_stages_and_refuse_other_class_lists(
     zutis = bundled_model_dir("zutis-synthetic")
     result = run_seg("eval", "--method", "reclip", "--model", str(zutis), "--dataset", str(world), "--out", "x.json")
     assert result.exit_code == 1
-    assert "reclip.json" in result.text
+    assert "holds a ZUTIS model" in result.text
+    assert "--method zutis" in result.text
 
 
 def test_train_reclip_config_typo_names_the_field(run_seg: Callable[..., Any], tmp_path: Path) -> None:

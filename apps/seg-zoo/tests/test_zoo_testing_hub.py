@@ -147,6 +147,33 @@ def test_startup_timeout_must_be_positive(tmp_path: Path, timeout: float) -> Non
         pass
 
 
+def _fake_olah(tmp_path: Path, body: str) -> Path:
+    script = tmp_path / "fake-olah"
+    script.write_text(f"#!{sys.executable}\nimport sys, time\n{body}\n", encoding="utf-8")
+    script.chmod(0o755)
+    return script
+
+
+def test_startup_failure_reports_the_olah_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _fake_olah(tmp_path, "print('boom from the fake olah', flush=True)\nsys.exit(3)")
+    monkeypatch.setattr("seg_zoo.testing._find_olah", lambda: fake)
+    with (
+        pytest.raises(RuntimeError, match=r"(?s)exited with code 3.*boom from the fake olah"),
+        local_hub(tmp_path / "h"),
+    ):
+        pass
+
+
+def test_startup_timeout_stops_olah(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _fake_olah(tmp_path, "print('still starting', flush=True)\ntime.sleep(60)")
+    monkeypatch.setattr("seg_zoo.testing._find_olah", lambda: fake)
+    with (
+        pytest.raises(RuntimeError, match=r"(?s)did not accept connections.*still starting"),
+        local_hub(tmp_path / "h", startup_timeout=0.5),
+    ):
+        pass
+
+
 # ---- against a running hub ----------------------------------------------------------------------------------------
 
 CREATE = """

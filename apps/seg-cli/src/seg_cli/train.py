@@ -110,17 +110,18 @@ def _train_reco(config: Path | None, run_dir: Path) -> Path:
 
 
 def _train_reco_plus(config: Path | None, run_dir: Path, resume: bool) -> Path:
-    from seg_cli.segmenters import load_clip_source, model_folder
+    import seg_zoo
     from seg_core import ConceptSet
     from seg_eval.presets import get_preset
-    from seg_trainers.reco import ReCoPlusRecipe, load_reco, read_reco_info, train_reco_plus
+    from seg_models.reco import ReCoSegmenter
+    from seg_trainers.reco import ReCoPlusRecipe, train_reco_plus
 
     recipe = ReCoPlusRecipe() if config is None else ReCoPlusRecipe.load(config)
-    folder, _ = model_folder("reco", recipe.reco_model)
-    info = read_reco_info(folder)
-    clip, _ = load_clip_source(str(info["clip"]))
-    reco = load_reco(folder, clip, get_preset("synthetic"))
-    concepts = ConceptSet(names=reco.references.names, templates=info["recipe"].get("templates", "imagenet85"))
+    resolved = seg_zoo.resolve(recipe.reco_model, method="reco")
+    reco = seg_zoo.build_resolved(resolved, preset=get_preset("synthetic"))
+    assert isinstance(reco, ReCoSegmenter)
+    templates = resolved.description().get("recipe", {}).get("templates", "imagenet85")
+    concepts = ConceptSet(names=reco.references.names, templates=templates)
     stack, progress = _stage_bars()
     with stack:
         run = train_reco_plus(

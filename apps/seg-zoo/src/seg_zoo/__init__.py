@@ -9,12 +9,22 @@ the synthetic-world checkpoints of every method bundled in the wheel.
 """
 
 from seg_zoo.__about__ import __version__
-from seg_zoo.hub import ResolvedModel, load, load_clip_model, pull, push_to_hub, resolve, save_pretrained
+from seg_zoo.hub import (
+    ResolvedModel,
+    build_resolved,
+    load,
+    load_clip_model,
+    pull,
+    push_to_hub,
+    resolve,
+    save_pretrained,
+)
 from seg_zoo.registry import default_entry, entries, get_entry, list_models, register
 
 __all__ = [
     "ResolvedModel",
     "__version__",
+    "build_resolved",
     "default_entry",
     "entries",
     "get_entry",

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLIP_METHODS",
+    "DISPLAY_NAMES",
     "METHODS",
     "Geometry",
     "ModelGeometry",
@@ -35,6 +36,18 @@ CLIP_METHODS: dict[str, str] = {"maskclip": "maskclip", "dense-clip": "naive"}
 """CLIP-based methods and the dense-feature variant each runs."""
 METHODS: tuple[str, ...] = (*CLIP_METHODS, "reco", "reco-plus", "reclip", "groupvit", "pgseg", "simcon", "zutis")
 """Every method the zoo can build, in the order ``seg demo`` runs them."""
+DISPLAY_NAMES: dict[str, str] = {
+    "maskclip": "MaskCLIP",
+    "dense-clip": "dense CLIP",
+    "reco": "ReCo",
+    "reco-plus": "ReCo+",
+    "reclip": "ReCLIP++",
+    "groupvit": "GroupViT",
+    "pgseg": "PGSeg",
+    "simcon": "MV-SimCon",
+    "zutis": "ZUTIS",
+}
+"""The methods as their papers write them, for messages."""
 
 
 class ModelGeometry(Protocol):
@@ -74,9 +87,10 @@ def check_method(requested: str | None, found: str, fmt: NativeFormat, where: st
         return found
     if fmt.kind == "clip" and requested in fmt.methods:
         return requested
+    shown, wanted = DISPLAY_NAMES.get(found, found), DISPLAY_NAMES.get(requested, requested)
     raise ConfigError(
-        f"{where} holds a {found} model (trained by `seg train {found}`), not a {requested} one; "
-        f"run it with method {found!r}, or pass a {requested} model"
+        f"{where} holds a {shown} model (trained by `seg train {found}`), not a {wanted} one; run it with "
+        f"--method {found} (method={found!r}), or pass a {wanted} model"
     )
 
 

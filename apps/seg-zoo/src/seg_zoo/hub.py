@@ -72,6 +72,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ResolvedModel",
+    "build_resolved",
     "load",
     "load_clip_model",
     "pull",
@@ -109,6 +110,17 @@ class ResolvedModel:
     manifest: CheckpointManifest | None = None
     native: NativeFormat | None = None
     entry: ZooEntry | None = None
+
+    def description(self) -> dict[str, Any]:
+        """The model's native description (``reco.json``, ``reclip.json`` ...), from its folder or its manifest;
+        ``{}`` for open_clip, transformers and pickle weights."""
+        if self.manifest is not None:
+            native = self.manifest.architecture.get("native")
+            return dict(native) if isinstance(native, dict) else {}
+        if self.folder is not None and self.native is not None:
+            content = json.loads((self.folder / self.native.sidecar).read_text(encoding="utf-8"))
+            return content if isinstance(content, dict) else {}
+        return {}
 
 
 # Segmenters loaded by :func:`load` remember where they came from, so ``save_pretrained(segmenter, ...)`` works.
@@ -265,6 +277,10 @@ def resolve(
         if path.is_file() and path.suffix in PICKLE_SUFFIXES:
             return _resolve_pickle(path, method, text, allow_pickle)
         raise FileNotFoundError(f"model {text}: no model folder at {path}")
+    if text.startswith(("/", ".", "~")) or text.count("/") > 1:
+        raise FileNotFoundError(
+            f"model {text}: no folder at {path}; pass a folder written by `seg train METHOD` or save_pretrained"
+        )
     if ZOO_NAME_PATTERN.match(text):
         return _resolve_entry(get_entry(text), method, prefer_bundled=prefer_bundled, **hub)
     if method in CLIP_METHODS or (method is None and "/" in text):
@@ -306,6 +322,20 @@ def load_clip_model(source: str | None = None, *, device: str = "cpu") -> tuple[
         check_files(resolved.folder, resolved.manifest)
         _, native = stage_native(resolved.folder, resolved.manifest, Path(tmp))
         return load_clip(f"local-dir:{native}", device=device), resolved.source
+
+
+def build_resolved(
+    resolved: ResolvedModel, *, preset: PresetSpec = None, device: str = "cpu", allow_pickle: bool = False
+) -> Segmenter:
+    """The segmenter of a model :func:`resolve` found (what :func:`load` does after resolving).
+
+    The segmenter remembers its source, so :func:`save_pretrained` can save it again.
+    """
+    segmenter = _build(resolved, preset, device, allow_pickle)
+    # A segmenter that cannot be weakly referenced simply cannot be re-saved by identity.
+    with contextlib.suppress(TypeError):
+        _PROVENANCE[segmenter] = resolved
+    return segmenter
 
 
 def _build(resolved: ResolvedModel, preset: PresetSpec, device: str, allow_pickle: bool) -> Segmenter:
@@ -367,11 +397,7 @@ def load(
         cache_dir=cache_dir,
         token=token,
     )
-    segmenter = _build(resolved, preset, device, allow_pickle)
-    # A segmenter that cannot be weakly referenced simply cannot be re-saved by identity.
-    with contextlib.suppress(TypeError):
-        _PROVENANCE[segmenter] = resolved
-    return segmenter
+    return build_resolved(resolved, preset=preset, device=device, allow_pickle=allow_pickle)
 
 
 def pull(

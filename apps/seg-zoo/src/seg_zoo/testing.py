@@ -214,7 +214,7 @@ def local_hub(root: Path, *, startup_timeout: float = 30.0) -> Iterator[LocalHub
         env = dict(os.environ)
         env["OLAH_LOG_PATH"] = str(root / "logs")
         env["PYTHONUNBUFFERED"] = "1"
-        with log_path.open("ab") as log:
+        with log_path.open("wb") as log:  # a fresh log per start, so a failure shows this run only
             process = subprocess.Popen(
                 [str(olah), "-c", str(config), "--log-path", str(root / "logs")],
                 stdin=subprocess.DEVNULL,
