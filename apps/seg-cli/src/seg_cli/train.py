@@ -7,6 +7,7 @@ import typer
 
 from seg_cli.console import progress_bar, stderr_console, stdout_console
 from seg_cli.methods import METHOD_NAMES, validate_method
+from seg_cli.params import validate_repo_id
 from seg_cli.unavailable import not_available
 
 __all__ = ["TRAINABLE_METHODS", "train"]
@@ -40,6 +41,15 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the newest checkpoint in the run folder.")
     ] = False,
+    push_to_hub: Annotated[
+        str | None,
+        typer.Option(
+            "--push-to-hub",
+            callback=lambda value: None if value is None else validate_repo_id(value),
+            help="After training, publish the model to this Hub repo (namespace/name) as a zoo checkpoint.",
+            metavar="REPO_ID",
+        ),
+    ] = None,
 ) -> None:
     """Train METHOD with its recipe and write a model folder that `seg eval --model` takes.
 
@@ -74,6 +84,28 @@ def train(
     stdout_console().print(
         f"{method}: model written to {model_dir}; evaluate it with "
         f"`seg eval --method {method} --model local-dir:{model_dir} --dataset DIR --out results.json`"
+    )
+    if push_to_hub is not None:
+        _publish(method, model_dir, push_to_hub)
+
+
+def _publish(method: str, model_dir: Path, repo_id: str) -> None:
+    """Push a trained model folder to the Hub; the trained folder stays whatever happens."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    import seg_zoo
+    from seg_core import ConfigError
+
+    try:
+        commit = seg_zoo.push_to_hub(model_dir, repo_id)
+    except (ConfigError, HfHubHTTPError, OSError) as error:
+        stderr_console().print(
+            f"[bold red]seg train {method}:[/] the model is in {model_dir}, but pushing it to {repo_id} failed: "
+            f"{error}; retry with `seg zoo push {model_dir} {repo_id}`"
+        )
+        raise typer.Exit(code=1) from None
+    stdout_console().print(
+        f"{method}: pushed to {repo_id} (commit {commit[:12]}); load it with --model hf-hub:{repo_id}"
     )
 
 

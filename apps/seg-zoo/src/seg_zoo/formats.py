@@ -194,8 +194,10 @@ def stage_native(folder: Path, manifest: CheckpointManifest, into: Path) -> tupl
     (target / fmt.sidecar).write_text(json.dumps(native, indent=2) + "\n", encoding="utf-8")
     if manifest.training is not None:
         (target / TRAINING_FILE).write_text(json.dumps(manifest.training, indent=2) + "\n", encoding="utf-8")
+    # The Hub cache holds relative symlinks to its blobs: link the blob itself, not the symlink.
+    weights = (folder / WEIGHTS_FILE).resolve()
     try:
-        os.link(folder / WEIGHTS_FILE, target / fmt.weights)
+        os.link(weights, target / fmt.weights)
     except OSError:
-        shutil.copyfile(folder / WEIGHTS_FILE, target / fmt.weights)
+        shutil.copyfile(weights, target / fmt.weights)
     return fmt, target

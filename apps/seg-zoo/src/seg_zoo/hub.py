@@ -184,10 +184,12 @@ def _resolve_pickle(path: Path, method: str | None, source: str, allow_pickle: b
 
 def _resolve_hub(repo_id: str, revision: str | None, method: str | None, source: str, **hub: Any) -> ResolvedModel:
     from huggingface_hub import hf_hub_download, snapshot_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
         config = Path(hf_hub_download(repo_id, MANIFEST_FILE, revision=revision, **hub))
+    except LocalEntryNotFoundError:
+        raise  # offline and not cached: say so, rather than guess another format
     except (EntryNotFoundError, RepositoryNotFoundError):
         # No config.json: an open_clip Hub model (open_clip_config.json) for the CLIP methods.
         if method in CLIP_METHODS or method is None:
