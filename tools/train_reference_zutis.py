@@ -356,7 +356,29 @@ def main() -> None:
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(source, target)
+        _record_eval(target / "training.json", report)
         print(f"bundled {source} -> {target}")
+
+
+def _record_eval(training_file: Path, report: dict[str, Any]) -> None:
+    """Write seed 0's measured numbers into the bundle's ``training.json`` (the zoo's results and model card)."""
+    scores = report["runs"]["zutis-seed0"]["nms"]
+    training = json.loads(training_file.read_text())
+    training["eval"] = {
+        "world_seeds": report["eval"]["worlds"],
+        "split": report["eval"]["split"],
+        "num_images": report["eval"]["num_images"],
+        "preset": report["eval"]["preset"],
+        "scores": {
+            "mIoU": scores["mIoU"],
+            "thing_mIoU": scores["thing_mIoU"],
+            "mask_AP": scores["class_aware"]["AP"],
+            "mask_AP50": scores["class_aware"]["AP50"],
+            "mask_AP75": scores["class_aware"]["AP75"],
+        },
+        "source": "tools/train_reference_zutis.py (report.json, run zutis-seed0)",
+    }
+    training_file.write_text(json.dumps(training, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -176,6 +176,8 @@ def test_offline_mode_loads_from_the_filled_cache_only(round_trip: dict[str, Any
 
 @pytest.mark.slow
 def test_seg_predict_on_a_hub_model_matches_the_bundled_one(round_trip: dict[str, Any], hub: LocalHub) -> None:
+    # seg-cli depends on seg-zoo, not the reverse: alone (tools/isolation.py) seg-zoo has no `seg` command.
+    pytest.importorskip("seg_cli", reason="seg-cli is not installed next to seg-zoo")
     work: Path = round_trip["work"]
     image = work / "image.png"
     Image.fromarray((client.fixed_batch()[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(image)

@@ -189,7 +189,7 @@ def test_manifest_refuses_another_major_version() -> None:
         CheckpointManifest.parse({"method": "m", "format_version": "2.0"})
     with pytest.raises(ConfigError, match=r"format_version.*major version 0"):
         CheckpointManifest.parse({"method": "m", "format_version": "0.3"})
-    with pytest.raises(ConfigError, match="MAJOR.MINOR"):
+    with pytest.raises(ConfigError, match=r"MAJOR\.MINOR"):
         CheckpointManifest.parse({"method": "m", "format_version": "one"})
     with pytest.raises(ConfigError, match="colour"):
         CheckpointManifest.parse({"method": "m", "colour": "red"})

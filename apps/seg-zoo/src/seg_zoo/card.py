@@ -46,11 +46,12 @@ def _world_split(evaluation: Mapping[str, Any]) -> str:
 
 
 def results_from_training(training: Mapping[str, Any] | None, kind: str) -> tuple[ZooResult, ...]:
-    """The evaluation numbers a trainer recorded in ``training.json`` (mIoU and, where present, thing/stuff mIoU).
+    """The evaluation numbers a trainer recorded in ``training.json``: mIoU and, where present, thing/stuff mIoU and
+    COCO mask AP / AP50.
 
     Each recipe writes its evaluation its own way; this reads all of seg's: ``eval.scores`` (GroupViT, PGSeg,
-    SimCon, ReCLIP++), ``eval.held_out.<method>`` (ReCo, ReCo+) and ``eval.maskclip`` (the reference CLIP).
-    Returns ``()`` when there is none (e.g. ZUTIS, measured by ``tools/train_reference_zutis.py`` instead).
+    SimCon, ReCLIP++, ZUTIS), ``eval.held_out.<method>`` (ReCo, ReCo+) and ``eval.maskclip`` (the reference CLIP).
+    Returns ``()`` when there is none.
     """
     if not training or not isinstance(training.get("eval"), Mapping):
         return ()
@@ -62,7 +63,8 @@ def results_from_training(training: Mapping[str, Any] | None, kind: str) -> tupl
         scores, split = evaluation["scores"], _world_split(evaluation)
     elif isinstance(evaluation.get("held_out"), Mapping):
         key = {"reco": "reco", "reco-plus": "reco_plus"}.get(kind, kind)
-        scores, split = evaluation["held_out"].get(key), "val, a held-out world"
+        # ReCo's recipe: "held out" averages the val splits of worlds 1000-1002, 300 images each.
+        scores, split = evaluation["held_out"].get(key), "val, worlds 1000-1002, 300 images each"
     elif kind == "clip" and isinstance(evaluation.get("maskclip"), Mapping):
         scores = evaluation["maskclip"]
         seed, images = evaluation.get("world_seed"), evaluation.get("num_images")
@@ -70,7 +72,14 @@ def results_from_training(training: Mapping[str, Any] | None, kind: str) -> tupl
     if not isinstance(scores, Mapping):
         return ()
     results = []
-    for key, metric in (("mIoU", "mean_iou"), ("thing_mIoU", "thing_mean_iou"), ("stuff_mIoU", "stuff_mean_iou")):
+    metrics = (
+        ("mIoU", "mean_iou"),
+        ("thing_mIoU", "thing_mean_iou"),
+        ("stuff_mIoU", "stuff_mean_iou"),
+        ("mask_AP", "mask_ap"),
+        ("mask_AP50", "mask_ap50"),
+    )
+    for key, metric in metrics:
         value = _number(scores.get(key))
         if value is not None:
             results.append(

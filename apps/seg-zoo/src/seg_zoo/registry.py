@@ -54,18 +54,19 @@ def _bundled_results(name: str, kind: str) -> tuple[ZooResult, ...]:
 def _synthetic(  # noqa: PLR0917 (one row of the table per call)
     name: str, method: str, bundled: str, kind: str, paper: PaperRef, description: str, *, clip: bool = False
 ) -> ZooEntry:
+    results = _bundled_results(bundled, kind)
     return ZooEntry(
         name=name,
         method=method,
         hf_hub_id=f"{HUB_ORG}/{name.replace('.', '-')}",
         bundled=bundled,
         preprocessing=_SYNTHETIC_SIZE,
-        preset="synthetic",
+        preset=next((r.preset for r in results if r.preset), "synthetic"),
         upstream=(UpstreamWeights(name="clip", source=_CLIP, license="apache-2.0"),) if clip else (),
         license="apache-2.0",
         paper=paper,
         description=description,
-        results=_bundled_results(bundled, kind),
+        results=results,
     )
 
 
