@@ -22,6 +22,7 @@ EXPECTED_COMMANDS = {
     ("zoo",),
     ("zoo", "list"),
     ("zoo", "info"),
+    ("zoo", "save"),
     ("zoo", "pull"),
     ("zoo", "push"),
 }

@@ -41,10 +41,6 @@ UNAVAILABLE: list[tuple[str, list[str], str]] = [
         "the reclip issue",
     ),
     ("train reclip", ["train", "reclip", "--config", "{config}", "--out", "{out}"], "the reclip issue"),
-    ("zoo list", ["zoo", "list", "reco-*"], "seg-zoo"),
-    ("zoo info", ["zoo", "info", "maskclip-vit-b16.openai"], "seg-zoo"),
-    ("zoo pull", ["zoo", "pull", "hf-hub:org/name", "--out", "{out}"], "seg-zoo"),
-    ("zoo push", ["zoo", "push", "{model}", "org/name"], "seg-zoo"),
 ]
 
 
