@@ -82,6 +82,6 @@ def test_checker_reports_each_violation(deps: ModuleType, broken_tree: Path) -> 
 def test_closure_follows_siblings_transitively(deps: ModuleType, repo_root: Path) -> None:
     dists = {d.name: d for d in deps.discover(repo_root)}
     zoo = [d.name for d in deps.closure(dists["seg-zoo"], list(dists.values()))]
-    assert set(zoo) == {"seg-zoo", "seg-core", "seg-models", "seg-eval"}
+    assert set(zoo) == {"seg-zoo", "seg-core", "seg-models", "seg-eval", "seg-retrieval"}
     core = [d.name for d in deps.closure(dists["seg-core"], list(dists.values()))]
     assert core == ["seg-core"]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image
 
@@ -277,3 +278,41 @@ def test_train_reclip_config_typo_names_the_field(run_seg: Callable[..., Any], t
     result = run_seg("train", "reclip", "--config", str(config), "--out", str(tmp_path / "run"))
     assert result.exit_code == 1
     assert "n_ctxx" in result.text
+
+
+def test_train_push_to_hub_publishes_the_trained_folder_and_keeps_it_when_the_push_fails(
+    run_seg: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Hub side of push_to_hub is tested against a local Hub in seg-zoo; here: what `seg train` hands it.
+    import seg_zoo
+
+    pushed: list[tuple[Path, str]] = []
+
+    def fake_push(model: Path, repo_id: str, **options: object) -> str:
+        seg_zoo.save_pretrained(model, tmp_path / "published")  # the real conversion runs on the trained folder
+        pushed.append((Path(model), repo_id))
+        return "0123456789abcdef"
+
+    monkeypatch.setattr(seg_zoo, "push_to_hub", fake_push)
+    config = tmp_path / "groupvit.yaml"
+    config.write_text(yaml.safe_dump(_tiny_grouping_recipe("groupvit")))
+    args = ("train", "groupvit", "--config", str(config), "--out", str(tmp_path / "run"))
+    result = run_seg(*args, "--push-to-hub", "me/my-groupvit")
+    assert result.exit_code == 0, result.text
+    assert pushed == [(tmp_path / "run" / "model", "me/my-groupvit")]
+    assert "pushed to me/my-groupvit (commit 0123456789ab)" in " ".join(result.stdout.split())
+    assert json.loads((tmp_path / "published" / "config.json").read_text())["method"] == "groupvit"
+
+    def failing_push(model: Path, repo_id: str, **options: object) -> str:
+        raise ConnectionRefusedError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(seg_zoo, "push_to_hub", failing_push)
+    result = run_seg(*args, "--resume", "--push-to-hub", "me/my-groupvit")
+    assert result.exit_code == 1
+    text = " ".join(result.text.split())
+    assert "the model is in" in text
+    assert "Connection refused" in text
+    assert "seg zoo push" in text
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    bad = run_seg(*args, "--push-to-hub", "no-slash")
+    assert bad.exit_code == 2

@@ -25,6 +25,8 @@ EXPECTED_COMMANDS = {
     ("zoo", "save"),
     ("zoo", "pull"),
     ("zoo", "push"),
+    ("zoo", "push-retrieval"),
+    ("zoo", "pull-retrieval"),
 }
 
 

@@ -10,7 +10,7 @@ import typer
 from seg_cli.console import stderr_console, stdout_console
 from seg_cli.params import validate_repo_id
 
-__all__ = ["app", "info", "list_models", "pull", "push", "save"]
+__all__ = ["app", "info", "list_models", "pull", "pull_retrieval", "push", "push_retrieval", "save"]
 
 app = typer.Typer(
     name="zoo",
@@ -195,5 +195,65 @@ def push(  # noqa: PLR0917 (typer reads the options from the signature)
     stdout_console().print(
         f"pushed {source} to {repo_id} (commit {commit[:12]}{f', tag {tag}' if tag else ''}); load it with "
         f"--model hf-hub:{repo_id}{f'@{tag}' if tag else ''}",
+        markup=False,
+    )
+
+
+@app.command("push-retrieval")
+def push_retrieval(
+    store: Annotated[
+        Path,
+        typer.Argument(
+            help="Embedding store folder (seg retrieve embed).", exists=True, file_okay=False, show_default=False
+        ),
+    ],
+    repo_id: Annotated[
+        str,
+        typer.Argument(callback=validate_repo_id, help="Hub dataset repository, namespace/name.", metavar="REPO_ID"),
+    ],
+    index: Annotated[
+        Path | None,
+        typer.Option("--index", help="Its faiss index folder (seg retrieve index).", exists=True, file_okay=False),
+    ] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="Tag the new commit.")] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the repository as private.")] = False,
+) -> None:
+    """Publish an embedding store (and its index) as a Hub dataset repository, with a digest of every file."""
+    import seg_zoo
+
+    try:
+        commit = seg_zoo.push_retrieval_assets(store, repo_id, index=index, tag=tag, private=private)
+    except _errors() as error:
+        _fail("push-retrieval", error)
+    stdout_console().print(
+        f"pushed {store}{f' and {index}' if index else ''} to the dataset {repo_id} (commit {commit[:12]}); "
+        f"pull it with `seg zoo pull-retrieval hf-hub:{repo_id}{f'@{tag}' if tag else ''} --out DIR`",
+        markup=False,
+    )
+
+
+@app.command("pull-retrieval")
+def pull_retrieval(
+    source: Annotated[
+        str, typer.Argument(help="hf-hub:org/name[@rev] of a dataset repository.", metavar="SOURCE", show_default=False)
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Folder to copy the files into (default: the Hub cache only).", file_okay=False
+        ),
+    ] = None,
+) -> None:
+    """Download an embedding store (and its index), checking every file's sha256."""
+    import seg_zoo
+
+    try:
+        pulled = seg_zoo.pull_retrieval_assets(source, out)
+    except _errors() as error:
+        _fail("pull-retrieval", error)
+    record = pulled.record
+    stdout_console().print(
+        f"{source}: {record.count} images embedded by {record.encoder} ({record.dim}-d); store {pulled.store}"
+        + (f", {record.index_kind} index {pulled.index}" if pulled.index else ""),
         markup=False,
     )

@@ -128,7 +128,8 @@ class IndexManifest(SegModel):
         dim: Vector dimension.
         count: Number of vectors (= ids).
         encoder: The encoder of the indexed embeddings, when known (from the store).
-        store: Path of the indexed store, when built from one (used for exact vectors in :meth:`vectors`).
+        store: Path of the indexed store, when built from one (used for exact vectors in :meth:`vectors`); a relative
+            path is relative to the index folder (what published copies hold: ``../store``).
         faiss_version: faiss version that wrote the index file.
     """
 
@@ -620,6 +621,9 @@ class EmbeddingIndex:
             )
         config = manifest.config if device is None else manifest.config.model_copy(update={"device": device})
         resolved = resolve_device(config.device, config.kind)
+        store = manifest.store
+        if store is not None and not Path(store).is_absolute():  # relative to the index folder (portable copies)
+            store = str((directory / store).resolve())
         resources = None
         if resolved == "gpu":
             resources = faiss.StandardGpuResources()
@@ -630,6 +634,6 @@ class EmbeddingIndex:
             config,
             device=resolved,
             encoder=manifest.encoder,
-            store=manifest.store,
+            store=store,
             gpu_resources=resources,
         )
