@@ -13,6 +13,7 @@ EXPECTED_COMMANDS = {
     ("predict",),
     ("eval",),
     ("train",),
+    ("app",),
     ("world",),
     ("world", "generate"),
     ("retrieve",),
@@ -57,7 +58,7 @@ def test_short_help_flag(run_seg: Callable[..., Any]) -> None:
 
 def test_root_help_lists_every_top_level_command(run_seg: Callable[..., Any]) -> None:
     text = run_seg("--help").text
-    for name in ("demo", "predict", "eval", "train", "world", "retrieve", "zoo"):
+    for name in ("demo", "predict", "eval", "train", "app", "world", "retrieve", "zoo"):
         assert f" {name} " in text
 
 

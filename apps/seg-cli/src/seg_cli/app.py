@@ -15,12 +15,13 @@ from seg_cli.evaluate import evaluate
 from seg_cli.predict import predict
 from seg_cli.train import train
 from seg_cli.versions import version_report
+from seg_cli.webapp import run_app
 
 __all__ = ["app"]
 
 app = typer.Typer(
     name="seg",
-    help="Language-guided segmentation with CLIP: demo, predict, eval, train, world, retrieve, zoo.",
+    help="Language-guided segmentation with CLIP: demo, predict, eval, train, app, world, retrieve, zoo.",
     no_args_is_help=True,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -51,6 +52,7 @@ app.command("demo")(demo)
 app.command("predict")(predict)
 app.command("eval")(evaluate)
 app.command("train")(train)
+app.command("app")(run_app)
 app.add_typer(world.app, name="world")
 app.add_typer(retrieve.app, name="retrieve")
 app.add_typer(zoo.app, name="zoo")

@@ -12,10 +12,23 @@ from seg_cli.methods import METHOD_NAMES, validate_method
 from seg_cli.params import parse_concept_names, validate_concept_names
 
 if TYPE_CHECKING:
-    from seg_cli.segmenters import ModelGeometry
-    from seg_core import ProtocolPreset
+    from collections.abc import Callable
 
-__all__ = ["predict"]
+    import numpy as np
+    import numpy.typing as npt
+
+    from seg_cli.segmenters import ModelGeometry
+    from seg_core import ConceptSet, ProtocolPreset, Segmenter
+
+__all__ = [
+    "INSTANCE_METHODS",
+    "concept_set",
+    "predict",
+    "predict_preset",
+    "read_rgb",
+    "render_prediction",
+    "segment_rgb",
+]
 
 
 def predict(
@@ -71,62 +84,129 @@ def predict(
         raise typer.Exit(code=1)
 
 
-def _predict(images: list[Path], *, method: str, names: tuple[str, ...], model: str | None, out: Path) -> int:
+def concept_set(method: str, names: tuple[str, ...], background: str = "auto") -> ConceptSet:
+    """The concepts ``seg predict`` segments: ``names`` with a background policy.
+
+    ``background``: ``auto`` (a literal "background" class for instance-aware methods, none otherwise), ``none``,
+    ``class`` (prompt the word "background") or ``threshold`` (a pixel whose best probability is low is background).
+    """
+    from seg_core import BackgroundClass, BackgroundPolicy, BackgroundThreshold, ConceptSet, NoBackground
+
+    if background == "auto":
+        background = "class" if method in INSTANCE_METHODS else "none"
+    policies: dict[str, BackgroundPolicy] = {
+        "none": NoBackground(),
+        "class": BackgroundClass(),
+        "threshold": BackgroundThreshold(),
+    }
+    if background not in policies:
+        raise ValueError(f"background {background!r}: choose auto, none, class or threshold")
+    return ConceptSet(names=names, templates="imagenet85", background=policies[background])
+
+
+def predict_preset(method: str, refinement: str = "none") -> Callable[[ModelGeometry], ProtocolPreset]:
+    """The preset function ``seg predict`` uses for ``method`` (sliding windows; whole images for instance-aware
+    methods), with ``refinement`` (``none``, ``pamr`` or ``crf``)."""
+    base = _whole_preset if method in INSTANCE_METHODS else _predict_preset
+    if refinement == "none":
+        return base
+    if refinement not in ("pamr", "crf"):
+        raise ValueError(f"refinement {refinement!r}: choose none, pamr or crf")
+
+    def refined(geometry: ModelGeometry) -> ProtocolPreset:
+        return base(geometry).model_copy(update={"refinement": refinement})
+
+    return refined
+
+
+def read_rgb(source: Any) -> npt.NDArray[np.uint8]:
+    """An image file (path or file object) as ``[H, W, 3]`` uint8 RGB; transparency is composited over white.
+
+    Raises:
+        PIL.UnidentifiedImageError, OSError: Not a readable image.
+    """
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(source) as opened:
+        picture = opened.convert("RGBA") if opened.mode in {"RGBA", "LA", "P"} else opened.convert("RGB")
+        if picture.mode == "RGBA":  # transparent pixels over white, not over black
+            white = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+            picture = Image.alpha_composite(white, picture).convert("RGB")
+        return np.asarray(picture, dtype=np.uint8).copy()
+
+
+def segment_rgb(segmenter: Segmenter, rgb: npt.NDArray[np.uint8], concepts: ConceptSet) -> tuple[Any, Any]:
+    """``(labels, output)``: the ``[H, W]`` uint8 label map of one RGB image and the segmenter's raw output."""
     import numpy as np
     import torch
-    from PIL import Image, UnidentifiedImageError
 
-    from seg_cli.report import class_colors, legend_image, overlay
-    from seg_cli.segmenters import build_segmenter
-    from seg_core import BackgroundClass, ConceptSet, ConfigError, NoBackground
     from seg_eval.evaluator import image_to_tensor
 
-    instance_aware = method in INSTANCE_METHODS
-    concepts = ConceptSet(
-        names=names, templates="imagenet85", background=BackgroundClass() if instance_aware else NoBackground()
-    )
+    with torch.inference_mode():
+        output = segmenter.segment(image_to_tensor(rgb), concepts)
+    return output.labels[0].cpu().numpy().astype(np.uint8), output
+
+
+def render_prediction(
+    rgb: npt.NDArray[np.uint8], labels: npt.NDArray[np.uint8], label_names: tuple[str, ...]
+) -> tuple[Any, Any, list[tuple[str, float, tuple[int, int, int]]]]:
+    """``(overlay, label_png, areas)``: the image with label colours and a legend, the palette PNG of the label map,
+    and ``(name, fraction of pixels, colour)`` of every present label, largest first."""
+    import numpy as np
+    from PIL import Image
+
+    from seg_cli.report import class_colors, legend_image, overlay
+
+    colors = class_colors(len(label_names))
+    label_png = Image.fromarray(labels, mode="P")
+    label_png.putpalette(colors.tobytes())
+    counts = np.bincount(labels.ravel(), minlength=len(label_names))
+    present = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
+    areas = [
+        (label_names[i], float(counts[i] / labels.size), (int(colors[i][0]), int(colors[i][1]), int(colors[i][2])))
+        for i in present
+    ]
+    entries = [(f"{name} {100 * fraction:.0f}%", color) for name, fraction, color in areas]
+    picture = legend_image(overlay(rgb, labels, colors), entries)
+    return picture, label_png, areas
+
+
+def _predict(images: list[Path], *, method: str, names: tuple[str, ...], model: str | None, out: Path) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    from seg_cli.segmenters import build_segmenter
+    from seg_core import ConfigError
+
+    concepts = concept_set(method, names)
     label_names = concepts.label_names
     try:
-        built = build_segmenter(method, model, _whole_preset if instance_aware else _predict_preset)
+        built = build_segmenter(method, model, predict_preset(method))
     except (ConfigError, FileNotFoundError, ValueError) as error:
         stderr_console().print(f"[bold red]seg predict:[/] {error}")
         raise typer.Exit(code=1) from None
-    colors = class_colors(len(label_names))
     out.mkdir(parents=True, exist_ok=True)
     console, errors = stdout_console(), stderr_console()
     failures = 0
     for path in images:
         try:
-            with Image.open(path) as opened:
-                picture = opened.convert("RGBA") if opened.mode in {"RGBA", "LA", "P"} else opened.convert("RGB")
-                if picture.mode == "RGBA":  # transparent pixels over white, not over black
-                    white = Image.new("RGBA", picture.size, (255, 255, 255, 255))
-                    picture = Image.alpha_composite(white, picture).convert("RGB")
-                rgb = np.asarray(picture, dtype=np.uint8).copy()
+            rgb = read_rgb(path)
         except (UnidentifiedImageError, OSError) as error:
             errors.print(f"[bold red]seg predict:[/] cannot read {path} as an image ({error}); skipped")
             failures += 1
             continue
         try:
-            with torch.inference_mode():
-                output = built.segmenter.segment(image_to_tensor(rgb), concepts)
+            labels, output = segment_rgb(built.segmenter, rgb, concepts)
         except ConfigError as error:  # e.g. a closed-set model asked for classes it was not trained on
             stderr_console().print(f"[bold red]seg predict:[/] {error}")
             raise typer.Exit(code=1) from None
-        labels = output.labels[0].cpu().numpy().astype(np.uint8)
-        label_png = Image.fromarray(labels, mode="P")
-        label_png.putpalette(colors.tobytes())
+        picture, label_png, areas = render_prediction(rgb, labels, label_names)
         label_path = out / f"{path.stem}_labels.png"
         label_png.save(label_path)
-        counts = np.bincount(labels.ravel(), minlength=len(label_names))
-        present = [i for i in np.argsort(-counts) if counts[i] > 0]
-        entries = [
-            (f"{label_names[i]} {100 * counts[i] / labels.size:.0f}%", tuple(int(c) for c in colors[i]))
-            for i in present
-        ]
         overlay_path = out / f"{path.stem}_overlay.png"
-        Image.fromarray(legend_image(overlay(rgb, labels, colors), entries)).save(overlay_path)  # type: ignore[arg-type]
-        console.print(f"{path.name}: " + ", ".join(name for name, _ in entries) + f" -> {label_path}, {overlay_path}")
+        Image.fromarray(picture).save(overlay_path)
+        shown = ", ".join(f"{name} {100 * fraction:.0f}%" for name, fraction, _ in areas)
+        console.print(f"{path.name}: {shown} -> {label_path}, {overlay_path}")
         if output.instances is not None:
             _write_instances(rgb, output.instances[0], label_names, out / path.stem)
     return failures
