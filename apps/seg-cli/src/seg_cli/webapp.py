@@ -208,8 +208,12 @@ def build_app(*, method: str = "maskclip", model: str | None = None, examples: i
         model: The model selected when the page opens (default: the method's synthetic-world checkpoint).
         examples: How many synthetic-world example images to offer.
     """
+    import os
+
     from PIL import Image
 
+    # No usage reports or version checks to gradio.app unless the user asks for them (read at import).
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         import gradio as gr
     except ImportError:
