@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from seg_core import Normalization, ScheduleConfig, SegModel, TrainConfig
 from seg_eval.world import WorldConfig, render
 from seg_losses import info_nce_loss
+from seg_losses.distributed import gather_batch
 from seg_models.clip import (
     CONFIG_FILE_NAME,
     SYNTHETIC_CLIP_CONFIG,
@@ -178,7 +179,8 @@ def clip_step(clip_model: nn.Module, batch: dict[str, Tensor]) -> StepOutput:
     else:
         image_features, text_features = outputs[0], outputs[1]
     logit_scale: Tensor = model.logit_scale
-    loss = info_nce_loss(image_features, text_features, logit_scale)
+    # Under torchrun the negatives are the global batch (the gather carries gradients back to each process).
+    loss = info_nce_loss(gather_batch(image_features), gather_batch(text_features), logit_scale)
     return StepOutput(
         loss=loss, metrics={"logit_scale": float(logit_scale.detach().exp())}, num_samples=len(image_features)
     )

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from seg_core import CLIP_MEAN_STD, ConfigError, MethodConfig, ScheduleConfig, SegModel, TrainConfig
 from seg_eval.world import WorldConfig
 from seg_losses import info_nce_loss, pg_loss
+from seg_losses.distributed import gather_batch
 from seg_models.groupvit import (
     GroupViT,
     GroupViTConfig,
@@ -266,7 +267,8 @@ def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, A
 def groupvit_step(model: nn.Module, batch: dict[str, Tensor]) -> StepOutput:
     """One InfoNCE step (GroupViT Eq. 1) through ``model.forward``, so a DDP wrapper synchronises gradients."""
     images, texts, scale = model(batch["images"], batch["tokens"])
-    loss = info_nce_loss(images, texts, scale.log())
+    # Under torchrun the negatives are the global batch (GroupViT's dist_collect; gradients flow back to each rank).
+    loss = info_nce_loss(gather_batch(images), gather_batch(texts), scale.log())
     return StepOutput(loss=loss, metrics={"logit_scale": float(scale.detach())}, num_samples=len(images))
 
 
@@ -306,7 +308,9 @@ def pgseg_step(settings: PGLossSettings, start_step: int, grad_accum_steps: int 
     def step(model: nn.Module, batch: dict[str, Tensor]) -> StepOutput:
         pgseg: Any = unwrap_model(model)
         forward = pgseg.training_forward(batch["images"], batch["tokens"])
-        contrastive = info_nce_loss(forward.image_embeddings, forward.text_embeddings, forward.logit_scale.log())
+        contrastive = info_nce_loss(
+            gather_batch(forward.image_embeddings), gather_batch(forward.text_embeddings), forward.logit_scale.log()
+        )
         terms = pgseg_loss_terms(forward, settings)
         active = int(batch["batch_index"]) // grad_accum_steps >= start_step
         loss = contrastive

@@ -37,6 +37,7 @@ from seg_core import MethodConfig, Normalization, SegModel, TrainConfig
 from seg_eval.world import WorldConfig, render
 from seg_losses import info_nce_loss, lambda_schedule, mv_simcon_loss, negative_cosine_loss, symmetric_simcon_loss
 from seg_losses.contrastive import PredictionHead
+from seg_losses.distributed import gather_batch
 from seg_models.groupvit import GroupViT, GroupViTConfig, groupvit_tokenizer
 from seg_models.pgseg import PGSeg, PGSegConfig
 from seg_train import StepOutput, Trainer, build_optimizer
@@ -225,7 +226,10 @@ def simcon_step(recipe: SimConRecipe) -> Callable[[nn.Module, dict[str, Tensor]]
             raw1 = _image_embeddings(model, batch["view1"])
             text = F.normalize(model.encode_text(batch["tokens"]), dim=-1)
             scale = model.clamped_logit_scale()
-        image1 = F.normalize(raw1, dim=-1)
+        # Under torchrun the contrastive terms see the global batch (gathered with gradients); the view loss is
+        # per sample and stays local.
+        image1 = gather_batch(F.normalize(raw1, dim=-1))
+        text = gather_batch(text)
         log_scale = scale.log()
         threshold = settings.threshold_at(step_index, max_steps)
         options = {"mask_self_in_intra": settings.mask_self_in_intra, "use_intra": settings.use_intra}
@@ -235,7 +239,7 @@ def simcon_step(recipe: SimConRecipe) -> Callable[[nn.Module, dict[str, Tensor]]
             loss = symmetric_simcon_loss(image1, text, log_scale, threshold=threshold, **options)
         else:
             raw2 = _image_embeddings(model, batch["view2"])
-            image2 = F.normalize(raw2, dim=-1)
+            image2 = gather_batch(F.normalize(raw2, dim=-1))
             loss = mv_simcon_loss(
                 image1,
                 image2,
@@ -256,7 +260,7 @@ def simcon_step(recipe: SimConRecipe) -> Callable[[nn.Module, dict[str, Tensor]]
                 loss = loss + recipe.pg.text_weight * value
         metrics |= {"threshold": threshold, "logit_scale": float(scale.detach())}
         metrics |= {name: float(value.detach()) for name, value in pg_terms.items()}
-        return StepOutput(loss=loss, metrics=metrics, num_samples=len(image1))
+        return StepOutput(loss=loss, metrics=metrics, num_samples=len(raw1))
 
     return step
 

@@ -4,7 +4,8 @@ Status: every module is available (``SKELETON_MODULES`` is empty; see docs/archi
 
     seg_losses.contrastive: Symmetric InfoNCE (available); SimCon (Eqs. 3-5) and multi-view SimCon (Eqs. 6-8), the
         negative-cosine view loss and its prediction head (Eq. 9), the step schedule of the threshold (available).
-        Gathering embeddings across processes belongs to the scale issue.
+    seg_losses.distributed: ``gather_batch``, the global batch of embeddings across ``torchrun`` processes with
+        gradients carried back to each process (the identity in one process) (available).
     seg_losses.matching: Hungarian matching (scipy linear_sum_assignment), single and batched, maximising by
         default; shared by PGSeg and ZUTIS (available).
     seg_losses.prototype: PGSeg's prototype supervision: the Prototypical Guidance loss (Eq. 3) with Hungarian

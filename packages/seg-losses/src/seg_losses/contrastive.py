@@ -27,7 +27,8 @@ intra-modal pairs use the cross-modal temperature (``intra_scale``), independent
 views (``joint_image_positives``), the predictor's width. The paired sample is always a positive of its anchor.
 
 Every function takes whatever batch it is given: a batch gathered from all processes gives the full-batch loss;
-gathering across processes (GroupViT's ``dist_collect``) belongs to the scale issue. All losses are computed in
+:func:`seg_losses.distributed.gather_batch` gathers across processes with gradients (GroupViT's ``dist_collect``),
+and the recipes call it before every contrastive loss. All losses are computed in
 float32 with autocast disabled, the exponentials in log space (``logsumexp``).
 """
 
