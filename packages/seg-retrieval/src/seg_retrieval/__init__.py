@@ -8,6 +8,9 @@ Available modules:
         (``IndexConfig``, ``build_index``, ``EmbeddingIndex``, a ``seg_core.Retriever``).
     seg_retrieval.curate: Per-concept archive curation with optional de-duplication (``curate_archive``), archive
         purity as precision@k (``archive_purity``), archive files (``save_archive``, ``load_archive``).
+    seg_retrieval.laion: Embedding folders in clip-retrieval's layout (the published LAION-400M/5B CLIP embeddings:
+        ``img_emb/*.npy`` + ``metadata/*.parquet``): write, read lazily (``ClipRetrievalStore``), import into a seg
+        store (``import_clip_retrieval``); extra ``seg-retrieval[laion]`` (pyarrow).
     seg_retrieval.hypotheses: ReCLIP++'s image-level multi-label hypotheses from sliding crops scored by CLIP
         (Eq. 6; ``crop_windows``, ``multi_label_hypotheses``, ``Hypotheses``) and ReCLIP's whole-image baseline
         (``whole_image_hypotheses``, ``WholeImageHypotheses``).
