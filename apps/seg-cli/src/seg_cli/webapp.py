@@ -45,18 +45,6 @@ MAX_PIXELS = 4096 * 4096
 """The largest image the app segments (16.8 megapixels); larger ones are refused with a message."""
 REFINERS = ("none", "pamr", "crf")
 BACKGROUNDS = ("auto", "none", "class", "threshold")
-_SEG_DISTRIBUTIONS = (
-    "seg-core",
-    "seg-models",
-    "seg-losses",
-    "seg-retrieval",
-    "seg-coseg",
-    "seg-eval",
-    "seg-train",
-    "seg-trainers",
-    "seg-zoo",
-    "seg-cli",
-)
 
 
 class AppInputError(ValueError):
@@ -338,7 +326,9 @@ def export_space(folder: Path, *, method: str = "maskclip") -> Path:
         "    demo.launch()\n",
         encoding="utf-8",
     )
-    pins = [f"{name}=={version}" for name in _SEG_DISTRIBUTIONS if (version := _installed(name)) is not None]
+    from seg_cli.versions import DISTRIBUTIONS
+
+    pins = [f"{name}=={version}" for name in DISTRIBUTIONS if (version := _installed(name)) is not None]
     extra = [f"{name}=={version}" for name in ("torch", "open_clip_torch") if (version := _installed(name))]
     (folder / "requirements.txt").write_text("\n".join([*pins, *extra, f"gradio=={gradio_version}"]) + "\n")
     (folder / "README.md").write_text(

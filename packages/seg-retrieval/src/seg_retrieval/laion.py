@@ -57,6 +57,7 @@ from seg_retrieval.store import (
     ProgressFn,
     StorePlan,
     _atomic_write,
+    _checked_rows,
     _existing_plan,
     _finish,
     _shard_is_complete,
@@ -504,14 +505,7 @@ class ClipRetrievalStore:
             ValueError: ``indices`` not one-dimensional.
             IndexError: An index outside ``[-len, len)``.
         """
-        count = len(self)
-        rows = np.arange(count)[indices] if isinstance(indices, slice) else np.asarray(indices, dtype=np.int64)
-        if rows.ndim != 1:
-            raise ValueError(f"indices must be one-dimensional, got shape {rows.shape}")
-        bad = rows[(rows < -count) | (rows >= count)]
-        if bad.size:
-            raise IndexError(f"row {int(bad[0])} out of range for a store of {count} embeddings")
-        rows = np.where(rows < 0, rows + count, rows)
+        rows = _checked_rows(indices, len(self))
         out = np.empty((rows.size, self.dim), dtype=np.float32)
         shard_of = np.searchsorted(self._starts, rows, side="right") - 1
         for number in np.unique(shard_of):

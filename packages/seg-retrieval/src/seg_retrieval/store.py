@@ -698,14 +698,7 @@ class EmbeddingStore:
         Raises:
             IndexError: An index outside ``[-len, len)``.
         """
-        count = len(self)
-        rows = np.arange(count)[indices] if isinstance(indices, slice) else np.asarray(indices, dtype=np.int64)
-        if rows.ndim != 1:
-            raise ValueError(f"indices must be one-dimensional, got shape {rows.shape}")
-        bad = rows[(rows < -count) | (rows >= count)]
-        if bad.size:
-            raise IndexError(f"row {int(bad[0])} out of range for a store of {count} embeddings")
-        rows = np.where(rows < 0, rows + count, rows)
+        rows = _checked_rows(indices, len(self))
         out = np.empty((rows.size, self.dim), dtype=np.float32)
         shard_of = np.searchsorted(self._starts, rows, side="right") - 1
         for number in np.unique(shard_of):
@@ -717,3 +710,19 @@ class EmbeddingStore:
             block[order] = shard.embeddings[local[order]]
             out[take] = block
         return torch.from_numpy(out)
+
+
+def _checked_rows(indices: Sequence[int] | npt.NDArray[np.integer[Any]] | slice, count: int) -> npt.NDArray[np.int64]:
+    """``indices`` of a store of ``count`` rows as non-negative int64 row numbers (negative ones count from the end).
+
+    Raises:
+        ValueError: ``indices`` is not one-dimensional.
+        IndexError: An index outside ``[-count, count)``.
+    """
+    rows = np.arange(count)[indices] if isinstance(indices, slice) else np.asarray(indices, dtype=np.int64)
+    if rows.ndim != 1:
+        raise ValueError(f"indices must be one-dimensional, got shape {rows.shape}")
+    bad = rows[(rows < -count) | (rows >= count)]
+    if bad.size:
+        raise IndexError(f"row {int(bad[0])} out of range for a store of {count} embeddings")
+    return np.where(rows < 0, rows + count, rows).astype(np.int64)
