@@ -116,3 +116,31 @@ def test_eval_maskclip_reports_mask_ap_only_under_an_object_protocol(
     # With a literal background class its connected components are instances (ZUTIS's baseline): mask AP.
     assert set(records["synthetic-object"]["instance_metrics"]) == {"class_aware", "class_agnostic"}
     assert records["synthetic"].get("instance_metrics") is None
+
+
+class _Payload:
+    """Unpickling this writes a file: what a malicious checkpoint would do."""
+
+    marker = ""
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def test_eval_refuses_pickle_checkpoints_unless_allowed_and_then_reads_weights_only(
+    run_seg: Callable[..., Any], tiny_world: Path, tmp_path: Path
+) -> None:
+    import pickle
+
+    payload = _Payload()
+    payload.marker = str(tmp_path / "pwned")
+    checkpoint = tmp_path / "groupvit.pth"
+    checkpoint.write_bytes(pickle.dumps({"model": payload}, protocol=2))
+    args = ("eval", "--method", "groupvit", "--model", str(checkpoint), "--dataset", str(tiny_world), "--out", "r.json")
+    refused = run_seg(*args)
+    assert refused.exit_code == 1
+    assert "--allow-pickle" in " ".join(refused.text.split())
+    allowed = run_seg(*args, "--allow-pickle")
+    assert allowed.exit_code == 1  # read with weights_only=True: the payload is refused, not run
+    assert "weights_only" in " ".join(allowed.text.split())
+    assert not (tmp_path / "pwned").exists()

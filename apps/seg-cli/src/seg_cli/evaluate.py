@@ -45,6 +45,13 @@ def evaluate(
     ] = None,
     split: Annotated[str | None, typer.Option("--split", help="Split to evaluate (default: the dataset's).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate only the first N images.")] = None,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--allow-pickle",
+            help="Accept a pickle checkpoint (an official GroupViT .pth), read with torch.load(weights_only=True).",
+        ),
+    ] = False,
 ) -> None:
     """Evaluate a method on a dataset under a protocol preset and write results.json.
 
@@ -70,7 +77,7 @@ def evaluate(
         stderr_console().print(f"[bold red]seg eval:[/] {error}")
         raise typer.Exit(code=1) from None
     try:
-        built = build_segmenter(method, model, protocol)
+        built = build_segmenter(method, model, protocol, allow_pickle=allow_pickle)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         stderr_console().print(f"[bold red]seg eval:[/] {error}")
         raise typer.Exit(code=1) from None

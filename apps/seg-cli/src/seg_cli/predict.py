@@ -64,6 +64,13 @@ def predict(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for the label maps and overlays.", file_okay=False)
     ] = Path("predictions"),
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--allow-pickle",
+            help="Accept a pickle checkpoint (an official GroupViT .pth), read with torch.load(weights_only=True).",
+        ),
+    ] = False,
 ) -> None:
     """Segment IMAGES into the given classes with one method.
 
@@ -79,7 +86,7 @@ def predict(
 
     ensure_available(method, "seg predict")
     names = parse_concept_names(classes)
-    failures = _predict(images, method=method, names=names, model=model, out=out)
+    failures = _predict(images, method=method, names=names, model=model, out=out, allow_pickle=allow_pickle)
     if failures:
         raise typer.Exit(code=1)
 
@@ -172,7 +179,9 @@ def render_prediction(
     return picture, label_png, areas
 
 
-def _predict(images: list[Path], *, method: str, names: tuple[str, ...], model: str | None, out: Path) -> int:
+def _predict(
+    images: list[Path], *, method: str, names: tuple[str, ...], model: str | None, out: Path, allow_pickle: bool = False
+) -> int:
     from PIL import Image, UnidentifiedImageError
 
     from seg_cli.segmenters import build_segmenter
@@ -181,7 +190,7 @@ def _predict(images: list[Path], *, method: str, names: tuple[str, ...], model: 
     concepts = concept_set(method, names)
     label_names = concepts.label_names
     try:
-        built = build_segmenter(method, model, predict_preset(method))
+        built = build_segmenter(method, model, predict_preset(method), allow_pickle=allow_pickle)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         stderr_console().print(f"[bold red]seg predict:[/] {error}")
         raise typer.Exit(code=1) from None
