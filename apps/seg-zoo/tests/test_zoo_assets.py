@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ import seg_zoo
 from seg_core import ConfigError
 from seg_retrieval.index import EmbeddingIndex, IndexConfig, build_index
 from seg_retrieval.store import EmbeddingStore, embed_collection
-from seg_zoo.testing import LocalHub, OlahNotFoundError, local_hub
+from seg_zoo.testing import LocalHub
 
 DIM = 32  # shards of 8 x 32 fp16 rows are 640 bytes: clear of olah's 121-149-byte blind spot
 
@@ -104,15 +103,6 @@ def test_tampered_files_and_foreign_indices_are_refused(built: tuple[Path, Path]
     other = embed_collection(_Encoder(), _Pictures(12), tmp_path / "other", shard_size=8, progress=False)
     with pytest.raises(ConfigError, match=r"indexes 20 images.*holds 12"):
         seg_zoo.save_retrieval_assets(other.root, tmp_path / "x", index=index)
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
-    with contextlib.ExitStack() as stack:
-        try:
-            yield stack.enter_context(local_hub(tmp_path_factory.mktemp("assets-hub")))
-        except OlahNotFoundError as error:
-            pytest.skip(f"olah-cli is not installed, so the local Hub cannot start: {error}")
 
 
 @pytest.mark.slow

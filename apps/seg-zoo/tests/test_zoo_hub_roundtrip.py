@@ -9,13 +9,11 @@ pull, the model card the Hub would render, offline loading from the filled cache
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,7 +24,7 @@ import torch
 from PIL import Image
 
 import seg_zoo
-from seg_zoo.testing import LocalHub, OlahNotFoundError, local_hub
+from seg_zoo.testing import LocalHub
 
 CLIENT = Path(__file__).with_name("hub_client.py")
 SYNTHETIC = seg_zoo.list_models("*.synthetic")
@@ -42,15 +40,6 @@ def _client_module() -> ModuleType:
 
 
 client = _client_module()
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
-    with contextlib.ExitStack() as stack:
-        try:
-            yield stack.enter_context(local_hub(tmp_path_factory.mktemp("zoo-hub")))
-        except OlahNotFoundError as error:
-            pytest.skip(f"olah-cli is not installed, so the local Hub cannot start: {error}")
 
 
 def _run(hub: LocalHub, workdir: Path, steps: list[dict[str, Any]], *, offline: bool = False) -> dict[str, Any]:

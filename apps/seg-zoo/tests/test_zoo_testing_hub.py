@@ -20,7 +20,6 @@ import subprocess
 import sys
 import textwrap
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,12 +34,6 @@ def _start(stack: contextlib.ExitStack, root: Path) -> LocalHub:
         return stack.enter_context(local_hub(root))
     except OlahNotFoundError as error:
         pytest.skip(f"olah-cli is not installed, so the local Hub cannot start: {error}")
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
-    with contextlib.ExitStack() as stack:
-        yield _start(stack, tmp_path_factory.mktemp("local-hub"))
 
 
 def _run_client(hub: LocalHub, tmp_path: Path, code: str, *args: str) -> Any:

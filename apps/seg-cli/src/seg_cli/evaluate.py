@@ -7,6 +7,7 @@ import typer
 
 from seg_cli.console import progress_bar, stderr_console, stdout_console
 from seg_cli.methods import METHOD_NAMES, validate_method
+from seg_cli.params import AllowPickle
 
 __all__ = ["evaluate"]
 
@@ -45,13 +46,7 @@ def evaluate(
     ] = None,
     split: Annotated[str | None, typer.Option("--split", help="Split to evaluate (default: the dataset's).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate only the first N images.")] = None,
-    allow_pickle: Annotated[
-        bool,
-        typer.Option(
-            "--allow-pickle",
-            help="Accept a pickle checkpoint (an official GroupViT .pth), read with torch.load(weights_only=True).",
-        ),
-    ] = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Evaluate a method on a dataset under a protocol preset and write results.json.
 

@@ -6,11 +6,12 @@ around it, raising :class:`typer.BadParameter` so that typer names the option an
 
 import re
 from collections.abc import Callable
-from typing import Final
+from typing import Annotated, Final
 
 import typer
 
 __all__ = [
+    "AllowPickle",
     "at_least",
     "parse_concept_names",
     "parse_repo_id",
@@ -128,3 +129,13 @@ def at_least(minimum: int) -> Callable[[int], int]:
         return value
 
     return callback
+
+
+AllowPickle = Annotated[
+    bool,
+    typer.Option(
+        "--allow-pickle",
+        help="Accept a pickle checkpoint (an official GroupViT .pth), read with torch.load(weights_only=True).",
+    ),
+]
+"""The ``--allow-pickle`` option of ``seg eval`` and ``seg predict``."""

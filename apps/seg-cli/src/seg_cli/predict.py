@@ -9,7 +9,7 @@ import typer
 
 from seg_cli.console import stderr_console, stdout_console
 from seg_cli.methods import METHOD_NAMES, validate_method
-from seg_cli.params import parse_concept_names, validate_concept_names
+from seg_cli.params import AllowPickle, parse_concept_names, validate_concept_names
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -64,13 +64,7 @@ def predict(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for the label maps and overlays.", file_okay=False)
     ] = Path("predictions"),
-    allow_pickle: Annotated[
-        bool,
-        typer.Option(
-            "--allow-pickle",
-            help="Accept a pickle checkpoint (an official GroupViT .pth), read with torch.load(weights_only=True).",
-        ),
-    ] = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Segment IMAGES into the given classes with one method.
 

@@ -326,9 +326,9 @@ def export_space(folder: Path, *, method: str = "maskclip") -> Path:
         "    demo.launch()\n",
         encoding="utf-8",
     )
-    from seg_cli.versions import DISTRIBUTIONS
+    from seg_cli.versions import NOT_INSTALLED, installed_versions
 
-    pins = [f"{name}=={version}" for name in DISTRIBUTIONS if (version := _installed(name)) is not None]
+    pins = [f"{name}=={version}" for name, version in installed_versions() if version != NOT_INSTALLED]
     extra = [f"{name}=={version}" for name in ("torch", "open_clip_torch") if (version := _installed(name))]
     (folder / "requirements.txt").write_text("\n".join([*pins, *extra, f"gradio=={gradio_version}"]) + "\n")
     (folder / "README.md").write_text(

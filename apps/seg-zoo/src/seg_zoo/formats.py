@@ -35,6 +35,7 @@ __all__ = [
     "detect_native",
     "file_digest",
     "is_zoo_folder",
+    "native_format",
     "read_manifest",
     "read_training",
     "stage_native",

@@ -54,6 +54,7 @@ from seg_zoo.build import (
 from seg_zoo.card import model_card, results_from_training
 from seg_zoo.formats import (
     MANIFEST_FILE,
+    NATIVE_FORMATS,
     PICKLE_SUFFIXES,
     WEIGHTS_FILE,
     NativeFormat,
@@ -61,6 +62,7 @@ from seg_zoo.formats import (
     detect_native,
     file_digest,
     is_zoo_folder,
+    native_format,
     read_manifest,
     read_training,
     stage_native,
@@ -143,11 +145,12 @@ def _resolve_folder(folder: Path, method: str | None, source: str, allow_pickle:
     if is_zoo_folder(folder):
         manifest = read_manifest(folder)
         kind = manifest.architecture.get("kind")
-        fmt = next((f for f in _native_formats() if f.kind == kind), None)
-        if fmt is None:
-            raise ConfigError(f"{folder / MANIFEST_FILE}: architecture.kind {kind!r} is not a seg model kind")
-        chosen = check_method(method, manifest.method, fmt, str(folder))
-        return ResolvedModel(chosen, source, "zoo", folder=folder, manifest=manifest, native=fmt)
+        try:
+            layout = native_format(str(kind))
+        except ConfigError as error:
+            raise ConfigError(f"{folder / MANIFEST_FILE}: architecture.kind: {error}") from None
+        chosen = check_method(method, manifest.method, layout, str(folder))
+        return ResolvedModel(chosen, source, "zoo", folder=folder, manifest=manifest, native=layout)
     fmt = detect_native(folder)
     if fmt is None:
         pickles = sorted(p.name for p in folder.glob("*") if p.suffix in PICKLE_SUFFIXES)
@@ -155,17 +158,11 @@ def _resolve_folder(folder: Path, method: str | None, source: str, allow_pickle:
             return _resolve_pickle(folder / pickles[0], method, source, allow_pickle)
         raise ConfigError(
             f"model {source}: {folder} holds no seg model (no config.json manifest and none of "
-            f"{', '.join(sorted({f.sidecar for f in _native_formats()}))}); pass a folder written by "
+            f"{', '.join(sorted({f.sidecar for f in NATIVE_FORMATS}))}); pass a folder written by "
             "seg_zoo.save_pretrained or `seg train METHOD`"
         )
     chosen = check_method(method, trained_method(folder, fmt), fmt, str(folder))
     return ResolvedModel(chosen, source, "native", folder=folder, native=fmt)
-
-
-def _native_formats() -> tuple[NativeFormat, ...]:
-    from seg_zoo.formats import NATIVE_FORMATS
-
-    return NATIVE_FORMATS
 
 
 def _resolve_pickle(path: Path, method: str | None, source: str, allow_pickle: bool) -> ResolvedModel:

@@ -57,8 +57,8 @@ from seg_retrieval.store import (
     ProgressFn,
     StorePlan,
     _atomic_write,
+    _check_store_folder,
     _checked_rows,
-    _existing_plan,
     _finish,
     _shard_is_complete,
     _shard_names,
@@ -607,17 +607,7 @@ def import_clip_retrieval(
         shard_size=shard_size,
         collection=source.fingerprint,
     )
-    existing = _existing_plan(root)
-    if existing is not None:
-        differences = plan.differences(existing)
-        if differences:
-            raise ConfigError(
-                f"{root} holds an embedding store of different arguments ({'; '.join(differences)}, stored != "
-                "requested); re-run with the stored arguments to resume it, or import into a new folder"
-            )
-    elif root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise ConfigError(f"out_dir {root} exists and is not an embedding store; choose a new or empty folder")
-    else:
+    if _check_store_folder(root, plan) is None:
         root.mkdir(parents=True, exist_ok=True)
         _write_model(root / PLAN_FILE, plan)
 

@@ -449,18 +449,7 @@ def _embed_on_rank(
     )
     # Every rank checks the folder before anyone writes, so all ranks raise the same error (and none waits
     # forever at a barrier that a failed rank never reaches).
-    existing = _existing_plan(root)
-    if existing is not None:
-        differences = plan.differences(existing)
-        if differences:
-            raise ConfigError(
-                f"{root} holds an embedding store of different arguments ({'; '.join(differences)}, stored != "
-                "requested); re-run with the stored arguments to resume it, or write to a new folder"
-            )
-    elif root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise ConfigError(
-            f"out_dir {root} exists and is not an embedding store (no {PLAN_FILE}); choose a new or empty folder"
-        )
+    existing = _check_store_folder(root, plan)
     barrier()
     if rank == 0 and existing is None:
         root.mkdir(parents=True, exist_ok=True)
@@ -726,3 +715,25 @@ def _checked_rows(indices: Sequence[int] | npt.NDArray[np.integer[Any]] | slice,
     if bad.size:
         raise IndexError(f"row {int(bad[0])} out of range for a store of {count} embeddings")
     return np.where(rows < 0, rows + count, rows).astype(np.int64)
+
+
+def _check_store_folder(root: Path, plan: StorePlan) -> StorePlan | None:
+    """The plan already in ``root`` (a run to resume), or ``None`` for a new or empty folder.
+
+    Raises:
+        ConfigError: ``root`` holds a store of another plan (the differing fields are named), or something that is
+            not a store.
+    """
+    existing = _existing_plan(root)
+    if existing is not None:
+        differences = plan.differences(existing)
+        if differences:
+            raise ConfigError(
+                f"{root} holds an embedding store of different arguments ({'; '.join(differences)}, stored != "
+                "requested); re-run with the stored arguments to resume it, or write to a new folder"
+            )
+    elif root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise ConfigError(
+            f"out_dir {root} exists and is not an embedding store (no {PLAN_FILE}); choose a new or empty folder"
+        )
+    return existing
