@@ -12,23 +12,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from seg_core import CheckpointManifest, ZooResult
+from seg_zoo.papers import PAPERS
 
 __all__ = ["SYNTHETIC_DATASET", "model_card", "results_from_training"]
 
 SYNTHETIC_DATASET = "seg-synthetic-world"
 """The dataset id results on seg's synthetic world are recorded under."""
-
-_PAPERS = {
-    "maskclip": ("MaskCLIP: Extract Free Dense Labels from CLIP", "2112.01071"),
-    "dense-clip": ("MaskCLIP: Extract Free Dense Labels from CLIP", "2112.01071"),
-    "reco": ("ReCo: Retrieve and Co-segment for Zero-shot Transfer", "2206.07045"),
-    "reco-plus": ("ReCo: Retrieve and Co-segment for Zero-shot Transfer", "2206.07045"),
-    "zutis": ("Zero-shot Unsupervised Transfer Instance Segmentation", "2304.14376"),
-    "reclip": ("ReCLIP++: Learn to Rectify the Bias of CLIP for Unsupervised Semantic Segmentation", "2408.06747"),
-    "groupvit": ("GroupViT: Semantic Segmentation Emerges from Text Supervision", "2202.11094"),
-    "pgseg": ("Uncovering Prototypical Knowledge for Weakly Open-Vocabulary Semantic Segmentation", "2310.19001"),
-    "simcon": ("Multi-View Consistency Learning for Text-Supervised Semantic Segmentation (SimCon)", "2304.04114"),
-}
 
 
 def _number(value: Any) -> float | None:
@@ -135,13 +124,13 @@ def model_card(manifest: CheckpointManifest, *, repo_id: str | None = None, lice
         eval_results=eval_results or None,
     )
     source = f"hf-hub:{repo_id}" if repo_id else (manifest.name or "local-dir:PATH")
-    paper = _PAPERS.get(manifest.method)
+    paper = PAPERS.get(manifest.method)
     names = list(manifest.label_names[:3]) or ["cow", "grass", "sky"]
     lines = [f"---\n{data.to_yaml()}\n---", f"# {name}", ""]
     lines.append(
         f"A **{manifest.method}** segmenter of [seg](https://github.com/seg-toolkit/seg), the toolkit for "
         "language-guided segmentation without pixel labels."
-        + (f" Method: *{paper[0]}* ([arXiv:{paper[1]}](https://arxiv.org/abs/{paper[1]}))." if paper else "")
+        + (f" Method: *{paper.title}* ([arXiv:{paper.arxiv}]({paper.url}))." if paper else "")
     )
     lines += [
         "",

@@ -20,6 +20,7 @@ from seg_core import CLIP_MEAN_STD, ConfigError, PaperRef, Preprocessing, Upstre
 from seg_zoo import bundled as _bundled
 from seg_zoo.card import results_from_training
 from seg_zoo.formats import read_training
+from seg_zoo.papers import PAPERS
 
 __all__ = ["HUB_ORG", "default_entry", "entries", "get_entry", "list_models", "register"]
 
@@ -28,19 +29,6 @@ HUB_ORG = "seg-toolkit"
 
 _CLIP = "maskclip-vit-tiny-p8.synthetic"
 _SYNTHETIC_SIZE = Preprocessing(image_size=64, normalization=CLIP_MEAN_STD, interpolation="bicubic")
-
-
-def _paper(title: str, arxiv: str) -> PaperRef:
-    return PaperRef(title=title, arxiv=arxiv, url=f"https://arxiv.org/abs/{arxiv}")
-
-
-_MASKCLIP = _paper("Extract Free Dense Labels from CLIP", "2112.01071")
-_RECO = _paper("ReCo: Retrieve and Co-segment for Zero-shot Transfer", "2206.07045")
-_ZUTIS = _paper("Zero-shot Unsupervised Transfer Instance Segmentation", "2304.14376")
-_RECLIP = _paper("ReCLIP++: Learn to Rectify the Bias of CLIP for Unsupervised Semantic Segmentation", "2408.06747")
-_GROUPVIT = _paper("GroupViT: Semantic Segmentation Emerges from Text Supervision", "2202.11094")
-_PGSEG = _paper("Uncovering Prototypical Knowledge for Weakly Open-Vocabulary Semantic Segmentation", "2310.19001")
-_SIMCON = _paper("Multi-View Consistency Learning for Text-Supervised Semantic Segmentation", "2304.04114")
 
 
 def _bundled_results(name: str, kind: str) -> tuple[ZooResult, ...]:
@@ -77,7 +65,7 @@ def _builtin() -> dict[str, ZooEntry]:
             "maskclip",
             _bundled.REFERENCE_CLIP,
             "clip",
-            _MASKCLIP,
+            PAPERS["maskclip"],
             "the reference CLIP trained from scratch on the synthetic world (ViT 4x128, patch 8, 64 px)",
         ),
         _synthetic(
@@ -85,7 +73,7 @@ def _builtin() -> dict[str, ZooEntry]:
             "reco",
             _bundled.REFERENCE_RECO,
             "reco",
-            _RECO,
+            PAPERS["reco"],
             "ReCo reference embeddings of the 21 world classes, retrieved and co-segmented with the reference CLIP",
             clip=True,
         ),
@@ -94,7 +82,7 @@ def _builtin() -> dict[str, ZooEntry]:
             "reco-plus",
             _bundled.REFERENCE_RECO_PLUS,
             "reco-plus",
-            _RECO,
+            PAPERS["reco"],
             "ReCo+: a tiny DeepLabv3+ trained on ReCo's pseudo-labels",
         ),
         _synthetic(
@@ -102,7 +90,7 @@ def _builtin() -> dict[str, ZooEntry]:
             "groupvit",
             _bundled.REFERENCE_GROUPVIT,
             "groupvit",
-            _GROUPVIT,
+            PAPERS["groupvit"],
             "GroupViT trained with InfoNCE on the world's image-text pairs (4,000 steps)",
         ),
         _synthetic(
@@ -110,7 +98,7 @@ def _builtin() -> dict[str, ZooEntry]:
             "pgseg",
             _bundled.REFERENCE_PGSEG,
             "pgseg",
-            _PGSEG,
+            PAPERS["pgseg"],
             "PGSeg: the GroupViT base fine-tuned with prototype guidance",
         ),
         _synthetic(
@@ -118,7 +106,7 @@ def _builtin() -> dict[str, ZooEntry]:
             "simcon",
             _bundled.REFERENCE_SIMCON,
             "groupvit",
-            _SIMCON,
+            PAPERS["simcon"],
             "the GroupViT base fine-tuned with MV-SimCon on clean captions",
         ),
         _synthetic(
@@ -126,7 +114,7 @@ def _builtin() -> dict[str, ZooEntry]:
             "reclip",
             _bundled.REFERENCE_RECLIP,
             "reclip",
-            _RECLIP,
+            PAPERS["reclip"],
             "ReCLIP++ student distilled from the reference CLIP rectified on the world's index images",
         ),
         _synthetic(
@@ -134,7 +122,7 @@ def _builtin() -> dict[str, ZooEntry]:
             "zutis",
             _bundled.REFERENCE_ZUTIS,
             "zutis",
-            _ZUTIS,
+            PAPERS["zutis"],
             "ZUTIS: the reference CLIP's vision tower fine-tuned into its text space, with an instance decoder",
             clip=True,
         ),
@@ -146,7 +134,7 @@ def _builtin() -> dict[str, ZooEntry]:
             preprocessing=Preprocessing(image_size=224, normalization=CLIP_MEAN_STD),
             upstream=(UpstreamWeights(name="clip", source="open_clip:ViT-B-16/openai", license="mit"),),
             license="mit",
-            paper=_MASKCLIP,
+            paper=PAPERS["maskclip"],
             description="OpenAI's CLIP ViT-B/16 read densely (the baseline of ReCo, ZUTIS and ReCLIP++)",
         ),
         ZooEntry(
@@ -157,7 +145,7 @@ def _builtin() -> dict[str, ZooEntry]:
             preprocessing=Preprocessing(image_size=336, normalization=CLIP_MEAN_STD),
             upstream=(UpstreamWeights(name="clip", source="open_clip:ViT-L-14-336/openai", license="mit"),),
             license="mit",
-            paper=_MASKCLIP,
+            paper=PAPERS["maskclip"],
             description="OpenAI's CLIP ViT-L/14@336 read densely (ReCo's DenseCLIP)",
         ),
         ZooEntry(
@@ -167,7 +155,7 @@ def _builtin() -> dict[str, ZooEntry]:
             weights_format="transformers",
             preprocessing=Preprocessing(image_size=224, normalization=CLIP_MEAN_STD),
             license="other",
-            paper=_GROUPVIT,
+            paper=PAPERS["groupvit"],
             description="NVIDIA's GroupViT trained on CC3M+CC12M+YFCC (transformers format)",
         ),
         ZooEntry(
@@ -177,7 +165,7 @@ def _builtin() -> dict[str, ZooEntry]:
             weights_format="transformers",
             preprocessing=Preprocessing(image_size=224, normalization=CLIP_MEAN_STD),
             license="other",
-            paper=_GROUPVIT,
+            paper=PAPERS["groupvit"],
             description="NVIDIA's GroupViT trained on CC3M+CC12M+RedCaps (transformers format)",
         ),
     ]
