@@ -87,7 +87,11 @@ def round_trip(hub: LocalHub, tmp_path_factory: pytest.TempPathFactory) -> dict[
         {"op": "pull", "source": "hf-hub:testorg/moving@v1", "out": str(work / "pulled"), "key": "pulled"},
     ]
     results = _run(hub, work, steps)
-    steps = [{"op": "outputs", "source": f"hf-hub:testorg/moving@{results['moving:v1']}", "out": str(work / "sha.pt")}]
+    sha = f"hf-hub:testorg/moving@{results['moving:v1']}"
+    steps = [
+        {"op": "outputs", "source": sha, "out": str(work / "sha.pt")},
+        {"op": "pull", "source": sha, "out": str(work / "pulled-sha"), "key": "pulled-sha"},
+    ]
     _run(hub, work, steps)
     return {"work": work, "results": results}
 
@@ -114,6 +118,12 @@ def test_revisions_pin_what_was_pushed_and_main_moves_on(round_trip: dict[str, A
     _same(reco_plus, torch.load(work / "moving.v1.pt"))
     _same(reco_plus, torch.load(work / "sha.pt"))
     _same(reclip, torch.load(work / "moving.main.pt"))
+    # Pulled by tag and by commit sha: the same three files, the weights byte for byte those pushed at v1.
+    by_tag, by_sha = work / "pulled", work / "pulled-sha"
+    for name in ("model.safetensors", "config.json", "README.md"):
+        assert (by_tag / name).read_bytes() == (by_sha / name).read_bytes(), name
+    bundled = seg_zoo.bundled.bundled_model_dir("reco-plus-synthetic") / "model.safetensors"
+    assert (by_sha / "model.safetensors").read_bytes() == bundled.read_bytes()
     assert results["moving:v1"] != results["moving:main"]
     # The repo on the Hub holds exactly the three files, and its git history the two pushes.
     repo = hub.repo_path("testorg/moving")
