@@ -1,4 +1,5 @@
-"""Archive curation (plain top-k and de-duplicated), purity against hand-counted labels, and archive files."""
+"""Archive curation (plain top-k and de-duplicated), batched and resumable curation against the one-shot archive,
+purity against hand-counted labels, and archive files."""
 
 from __future__ import annotations
 
@@ -14,9 +15,13 @@ from torch import Tensor
 
 from seg_core import Archive, ArchiveItem, ConceptArchive, ConfigError
 from seg_retrieval.curate import (
+    PARTS_PLAN_FILE,
     PURITY_MEAN,
+    CurationPlan,
     archive_purity,
+    concepts_fingerprint,
     curate_archive,
+    curate_archive_batched,
     dedup_keep,
     load_archive,
     save_archive,
@@ -181,3 +186,120 @@ def test_archive_files_round_trip(tmp_path: Path) -> None:
         load_archive(path)
     with pytest.raises(ConfigError, match="file not found"):
         load_archive(tmp_path / "missing.json")
+
+
+def batched_world() -> tuple[ListRetriever, list[str], Tensor]:
+    """40 random 6-d images, 12 of them with a near copy (cosine > 0.999), and 23 random concept queries."""
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randn(40, 6, generator=generator, dtype=torch.float64)
+    copies = images[:12] + 0.005 * torch.randn(12, 6, generator=generator, dtype=torch.float64)
+    table = {f"img{i:02d}": images[i].tolist() for i in range(40)}
+    table.update({f"copy{i:02d}": copies[i].tolist() for i in range(12)})
+    names = [f"concept{i:02d}" for i in range(23)]
+    return ListRetriever(table), names, torch.randn(23, 6, generator=generator)
+
+
+class TableEmbedder:
+    """``embed_text`` over a fixed [C, D] table; records the names of each call and can fail on one call."""
+
+    def __init__(self, names: list[str], table: Tensor, fail_on_call: int | None = None) -> None:
+        self.rows = dict(zip(names, table, strict=True))
+        self.calls: list[list[str]] = []
+        self.fail_on_call = fail_on_call
+
+    def __call__(self, names: Sequence[str]) -> Tensor:
+        self.calls.append(list(names))
+        if self.fail_on_call is not None and len(self.calls) == self.fail_on_call:
+            raise RuntimeError("simulated crash while embedding")
+        return torch.stack([self.rows[name] for name in names])
+
+
+def scored(archive: Archive) -> list[tuple[str, tuple[str, ...], list[float]]]:
+    return [(c.concept, c.image_ids, [item.score for item in c.items]) for c in archive.concepts]
+
+
+@pytest.mark.parametrize("dedup", [None, 0.999])
+def test_batched_equals_one_shot_with_a_batch_size_that_does_not_divide_c(dedup: float | None) -> None:
+    retriever, names, text = batched_world()
+    expected = curate_archive(retriever, names, text, 4, encoder="e", store="s", dedup_threshold=dedup, oversample=1.0)
+    embed = TableEmbedder(names, text)
+    seen: list[tuple[int, int]] = []
+    archive = curate_archive_batched(
+        retriever, names, embed, 4, encoder="e", store="s", batch_size=5, dedup_threshold=dedup, oversample=1.0,
+        progress=lambda done, total: seen.append((done, total)),
+    )  # fmt: skip
+    assert archive == expected
+    assert scored(archive) == scored(expected)
+    assert embed.calls == [names[0:5], names[5:10], names[10:15], names[15:20], names[20:23]]
+    assert seen == [(0, 23), (5, 23), (10, 23), (15, 23), (20, 23), (23, 23)]
+    if dedup is not None:  # the near copies really were dropped somewhere, so the comparison covers de-duplication
+        plain = curate_archive(retriever, names, text, 4, encoder="e", store="s")
+        assert scored(plain) != scored(expected)
+        for concept in archive.concepts:
+            ids = concept.image_ids
+            assert not any(f"copy{i[3:]}" in ids for i in ids if i.startswith("img"))
+
+
+def test_batched_resumes_from_its_parts_after_a_crash(tmp_path: Path) -> None:
+    retriever, names, text = batched_world()
+    templates = ("a photo of a {}.", "a {}.")  # a tuple survives the plan's JSON round trip
+    expected = curate_archive(retriever, names, text, 4, encoder="e", store="s", templates=templates,
+                              dedup_threshold=0.999)  # fmt: skip
+    parts = tmp_path / "archive.json.parts"
+
+    def run(embed: TableEmbedder) -> Archive:
+        return curate_archive_batched(retriever, names, embed, 4, encoder="e", store="s", templates=templates,
+                                      batch_size=5, dedup_threshold=0.999, parts_dir=parts)  # fmt: skip
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(TableEmbedder(names, text, fail_on_call=3))
+    assert sorted(path.name for path in parts.iterdir()) == ["part-000000.json", "part-000001.json", PARTS_PLAN_FILE]
+    plan = CurationPlan.load(parts / PARTS_PLAN_FILE)
+    assert (plan.concepts, plan.count, plan.k, plan.batch_size) == (concepts_fingerprint(names), 23, 4, 5)
+    assert plan.templates == templates
+
+    resumed = TableEmbedder(names, text)
+    archive = run(resumed)
+    assert resumed.calls == [names[10:15], names[15:20], names[20:23]]  # only the batches not yet written
+    assert archive == expected
+    assert len(list(parts.glob("part-*.json"))) == 5
+
+    again = TableEmbedder(names, text)
+    assert run(again) == expected
+    assert again.calls == []
+
+
+def test_batched_refuses_parts_of_other_settings(tmp_path: Path) -> None:
+    retriever, names, text = batched_world()
+    parts = tmp_path / "parts"
+    curate_archive_batched(retriever, names, TableEmbedder(names, text), 4, encoder="e", store="s", batch_size=5,
+                           parts_dir=parts)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"other settings \(k: 4 != 3; batch_size: 5 != 6; stored != requested\); "
+                       r"delete .*parts to start over, or rerun with the stored settings"):  # fmt: skip
+        curate_archive_batched(retriever, names, TableEmbedder(names, text), 3, encoder="e", store="s", batch_size=6,
+                               parts_dir=parts)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"concepts: another list of names \(sha256:"):
+        curate_archive_batched(retriever, names[::-1], TableEmbedder(names, text), 4, encoder="e", store="s",
+                               batch_size=5, parts_dir=parts)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"dedup_threshold: None != 0.9; oversample: None != 2.0"):
+        curate_archive_batched(retriever, names, TableEmbedder(names, text), 4, encoder="e", store="s", batch_size=5,
+                               dedup_threshold=0.9, parts_dir=parts)  # fmt: skip
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("not a parts folder")
+    with pytest.raises(ConfigError, match=r"other exists and is not a curation parts folder \(no plan.json\)"):
+        curate_archive_batched(retriever, names, TableEmbedder(names, text), 4, encoder="e", store="s",
+                               parts_dir=tmp_path / "other")  # fmt: skip
+
+
+def test_batched_arguments_are_checked() -> None:
+    retriever, names, text = batched_world()
+    embed = TableEmbedder(names, text)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        curate_archive_batched(retriever, names, embed, 4, encoder="e", store="s", batch_size=0)
+    with pytest.raises(ValueError, match=r"concepts \['a', 'b'\] are listed twice"):
+        curate_archive_batched(retriever, ["b", "a", "c", "b", "a"], embed, 4, encoder="e", store="s")
+    with pytest.raises(ValueError, match="concepts is empty"):
+        curate_archive_batched(retriever, [], embed, 4, encoder="e", store="s")
+    with pytest.raises(ValueError, match=r"embed_text returned \(2, 6\) for a batch of 3 concepts"):
+        curate_archive_batched(retriever, names[:3], lambda batch: text[:2], 4, encoder="e", store="s")
+    assert embed.calls == []

@@ -6,8 +6,9 @@ Available modules:
         (``embed_collection``, ``EmbeddingStore``), split across ranks under ``torchrun``.
     seg_retrieval.index: faiss indexes (flat, IVF-Flat, IVF-PQ, HNSW) over stores or arrays, CPU or GPU, save/load
         (``IndexConfig``, ``build_index``, ``EmbeddingIndex``, a ``seg_core.Retriever``).
-    seg_retrieval.curate: Per-concept archive curation with optional de-duplication (``curate_archive``), archive
-        purity as precision@k (``archive_purity``), archive files (``save_archive``, ``load_archive``).
+    seg_retrieval.curate: Per-concept archive curation with optional de-duplication (``curate_archive``), in
+        resumable batches for thousands of concepts (``curate_archive_batched``), archive purity as precision@k
+        (``archive_purity``), archive files (``save_archive``, ``load_archive``).
     seg_retrieval.laion: Embedding folders in clip-retrieval's layout (the published LAION-400M/5B CLIP embeddings:
         ``img_emb/*.npy`` + ``metadata/*.parquet``): write, read lazily (``ClipRetrievalStore``), import into a seg
         store (``import_clip_retrieval``); extra ``seg-retrieval[laion]`` (pyarrow).

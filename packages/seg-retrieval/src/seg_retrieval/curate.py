@@ -10,26 +10,40 @@ Prompt ensembling is not done here: it lives in one place, ``seg_models.clip.ens
 collections full of near copies) drops an image whose embedding is too close to a better-ranked image already kept
 for the same concept, and fetches more candidates so that ``k`` images survive when the collection allows.
 
-Contents: :func:`curate_archive`, :func:`archive_purity`, :func:`save_archive` / :func:`load_archive`.
+Thousands of concepts: :func:`curate_archive_batched` embeds and curates the concepts a batch at a time, writing
+each finished batch to a parts folder (with a :class:`CurationPlan`) so that an interrupted run resumes; its result
+equals :func:`curate_archive` on all concepts at once (each concept's search is independent of the others).
+
+Contents: :func:`curate_archive`, :func:`curate_archive_batched`, :func:`archive_purity`, :func:`save_archive` /
+:func:`load_archive`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence, Sized
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
+from pydantic import PositiveInt
 from torch import Tensor
 
-from seg_core import Archive, ArchiveItem, ConceptArchive, ConfigError, Retriever
+from seg_core import Archive, ArchiveItem, ConceptArchive, ConfigError, Retriever, SegModel
 
 __all__ = [
+    "PARTS_PLAN_FILE",
+    "PART_FILE",
     "PURITY_MEAN",
+    "CurationPlan",
     "VectorSource",
     "archive_purity",
+    "concepts_fingerprint",
     "curate_archive",
+    "curate_archive_batched",
     "dedup_keep",
     "load_archive",
     "save_archive",
@@ -128,22 +142,13 @@ def curate_archive(
         )
     if not names:
         raise ValueError("concepts is empty; give at least one concept name")
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ValueError(f"concepts {repeated} are listed twice; each concept gets one archive")
-    if isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    _check_names(names)
+    _check_settings(k, dedup_threshold, oversample)
     queries = text_embeddings.detach().float()
     if dedup_threshold is None:
         scores, ids = retriever.search(queries, k)
         archives = [_concept_archive(name, scores[row].tolist(), list(ids[row])) for row, name in enumerate(names)]
     else:
-        if not 0.0 < dedup_threshold <= 1.0:
-            raise ValueError(
-                f"dedup_threshold must be a cosine in (0, 1] (e.g. 0.95), got {dedup_threshold}; None disables it"
-            )
-        if oversample < 1.0:
-            raise ValueError(f"oversample must be >= 1 (a multiple of k), got {oversample}")
         lookup = _vector_lookup(retriever, vectors)
         total = len(retriever) if isinstance(retriever, Sized) else None
         archives = _deduplicated(
@@ -157,6 +162,25 @@ def curate_archive(
             lookup=lookup,
         )
     return Archive(encoder=encoder, store=store, templates=templates, k=k, concepts=tuple(archives))
+
+
+def _check_names(names: list[str]) -> None:
+    """Refuse repeated concept names (one counting pass: O(C), not O(C^2))."""
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+    if repeated:
+        raise ValueError(f"concepts {repeated} are listed twice; each concept gets one archive")
+
+
+def _check_settings(k: int, dedup_threshold: float | None, oversample: float) -> None:
+    if isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if dedup_threshold is not None:
+        if not 0.0 < dedup_threshold <= 1.0:
+            raise ValueError(
+                f"dedup_threshold must be a cosine in (0, 1] (e.g. 0.95), got {dedup_threshold}; None disables it"
+            )
+        if oversample < 1.0:
+            raise ValueError(f"oversample must be >= 1 (a multiple of k), got {oversample}")
 
 
 def _vector_lookup(retriever: Retriever, vectors: VectorSource | VectorLookup | None) -> VectorLookup:
@@ -211,6 +235,226 @@ def _deduplicated(
         pending = still
         fetch = min(fetch * 2, total)
     return [_concept_archive(name, *kept[row]) for row, name in enumerate(names)]
+
+
+PARTS_PLAN_FILE = "plan.json"
+"""The plan file of a :func:`curate_archive_batched` parts folder (a :class:`CurationPlan`)."""
+
+PART_FILE = "part-{:06d}.json"
+"""File name of batch ``i``'s archive part in a parts folder (``PART_FILE.format(i)``)."""
+
+
+def concepts_fingerprint(concepts: Sequence[str]) -> str:
+    """``sha256:<hex>`` over the concept names in order: a resumed run must curate the same list.
+
+    Args:
+        concepts: Concept names.
+
+    Returns:
+        The digest of the JSON list of the names (so that no two different lists share an encoding).
+    """
+    digest = hashlib.sha256(json.dumps(list(concepts), ensure_ascii=False).encode("utf-8"))
+    return f"sha256:{digest.hexdigest()}"
+
+
+class CurationPlan(SegModel):
+    """The settings a :func:`curate_archive_batched` parts folder was written with; a resumed run must match them.
+
+    Attributes:
+        format: Always ``"seg-curation-parts"``.
+        version: Layout version of the parts folder.
+        concepts: :func:`concepts_fingerprint` of the concept list (order included).
+        count: Number of concepts.
+        k: Images per concept.
+        templates: The template set the text embeddings were ensembled over.
+        encoder: The encoder recorded in the archive.
+        store: The store recorded in the archive.
+        dedup_threshold: The de-duplication threshold (``None``: plain top-k).
+        oversample: The de-duplication oversampling (``None`` without de-duplication, where it does not matter).
+        batch_size: Concepts per part.
+    """
+
+    format: Literal["seg-curation-parts"] = "seg-curation-parts"
+    version: Literal[1] = 1
+    concepts: str
+    count: PositiveInt
+    k: PositiveInt
+    templates: str | tuple[str, ...]
+    encoder: str
+    store: str
+    dedup_threshold: float | None
+    oversample: float | None
+    batch_size: PositiveInt
+
+    def differences(self, other: CurationPlan) -> list[str]:
+        """``field: theirs != ours`` for every field that differs (empty when the plans agree).
+
+        Args:
+            other: The plan found on disk.
+        """
+        found = []
+        for name in CurationPlan.model_fields:
+            theirs, ours = getattr(other, name), getattr(self, name)
+            if theirs == ours:
+                continue
+            if name == "concepts":  # digests say nothing to a person; say what they mean
+                found.append(f"concepts: another list of names ({theirs[:19]}... != {ours[:19]}...)")
+            else:
+                found.append(f"{name}: {theirs!r} != {ours!r}")
+        return found
+
+
+def curate_archive_batched(
+    retriever: Retriever,
+    concepts: Sequence[str],
+    embed_text: Callable[[Sequence[str]], Tensor],
+    k: int,
+    *,
+    encoder: str,
+    store: str,
+    templates: str | tuple[str, ...] = "imagenet85",
+    batch_size: int = 256,
+    dedup_threshold: float | None = None,
+    oversample: float = 2.0,
+    vectors: VectorSource | VectorLookup | None = None,
+    parts_dir: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Archive:
+    """:func:`curate_archive` for thousands of concepts: embed and curate ``batch_size`` concepts at a time.
+
+    Each batch's names go through ``embed_text`` (e.g. ``lambda names: clip.concept_embeddings(ConceptSet(
+    names=names, templates=...)).embeddings``) and :func:`curate_archive`; the batch archives are concatenated in
+    concept order. Every concept is searched on its own, so the result is the archive :func:`curate_archive` makes
+    from all concepts at once (same ids and scores, up to the float rounding of the encoder and the index at another
+    batch size).
+
+    With ``parts_dir``, the folder first gets a :class:`CurationPlan` (``plan.json``) and then each finished batch
+    as an archive part (``part-000000.json`` ...), each written atomically (temporary file, then rename). Running
+    again with the same plan loads the finished parts instead of embedding and searching their concepts again
+    (resume after a crash); the parts stay until the caller deletes the folder (after saving the merged archive).
+
+    Args:
+        retriever: Nearest-neighbour search over the collection (e.g. an ``EmbeddingIndex``).
+        concepts: Concept names, unique.
+        embed_text: Maps ``b`` concept names to their ``[b, D]`` prompt-ensembled text embeddings; called once per
+            batch that is not already finished, under ``torch.no_grad()``.
+        k: Images per concept.
+        encoder: The encoder of the embeddings, recorded in the archive and the plan.
+        store: The embedding store searched, recorded in the archive and the plan.
+        templates: The template set ``embed_text`` ensembles over, recorded in the archive and the plan.
+        batch_size: Concepts embedded and searched together (and per part file).
+        dedup_threshold: As in :func:`curate_archive`.
+        oversample: As in :func:`curate_archive`.
+        vectors: As in :func:`curate_archive`.
+        parts_dir: Folder for the plan and the finished parts (``None``: keep nothing, no resume).
+        progress: Called as ``progress(done, total)`` in concepts, once before the first batch and after each.
+
+    Returns:
+        The archive of all concepts, in the given order.
+
+    Raises:
+        ValueError: Bad arguments (as :func:`curate_archive`; also ``batch_size < 1``), or ``embed_text`` returning
+            something other than ``[b, D]`` for ``b`` names.
+        ConfigError: ``parts_dir`` holds parts of another plan (the differing fields are named), is not a parts
+            folder, or holds an unreadable part.
+    """
+    if isinstance(concepts, str):
+        raise TypeError("concepts must be a sequence of names, not one string; wrap it in a list")
+    names = list(concepts)
+    if not names:
+        raise ValueError("concepts is empty; give at least one concept name")
+    _check_names(names)
+    _check_settings(k, dedup_threshold, oversample)
+    if isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer (concepts per batch, e.g. 256), got {batch_size!r}")
+    if dedup_threshold is not None:
+        _vector_lookup(retriever, vectors)  # no vector source: fail before embedding anything
+    folder = Path(parts_dir) if parts_dir is not None else None
+    if folder is not None:
+        plan = CurationPlan(
+            concepts=concepts_fingerprint(names),
+            count=len(names),
+            k=k,
+            templates=templates,
+            encoder=encoder,
+            store=store,
+            dedup_threshold=dedup_threshold,
+            oversample=oversample if dedup_threshold is not None else None,
+            batch_size=batch_size,
+        )
+        _open_parts(folder, plan)
+    total = len(names)
+    if progress is not None:
+        progress(0, total)
+    archives: list[ConceptArchive] = []
+    for number, start in enumerate(range(0, total, batch_size)):
+        batch = names[start : start + batch_size]
+        part_path = folder / PART_FILE.format(number) if folder is not None else None
+        if part_path is not None and part_path.is_file():
+            part = _load_part(part_path, batch, k)
+        else:
+            with torch.no_grad():
+                text: object = embed_text(batch)
+            if not isinstance(text, Tensor) or text.ndim != 2 or text.shape[0] != len(batch):
+                shape = tuple(text.shape) if isinstance(text, Tensor) else type(text).__name__
+                raise ValueError(
+                    f"embed_text returned {shape} for a batch of {len(batch)} concepts; it must return a "
+                    f"[{len(batch)}, D] tensor, one row per name in order"
+                )
+            part = curate_archive(
+                retriever,
+                batch,
+                text,
+                k,
+                encoder=encoder,
+                store=store,
+                templates=templates,
+                dedup_threshold=dedup_threshold,
+                oversample=oversample,
+                vectors=vectors,
+            )
+            if part_path is not None:
+                part.save(part_path)  # atomic: a part is there whole or not at all
+        archives.extend(part.concepts)
+        if progress is not None:
+            progress(start + len(batch), total)
+    return Archive(encoder=encoder, store=store, templates=templates, k=k, concepts=tuple(archives))
+
+
+def _open_parts(folder: Path, plan: CurationPlan) -> None:
+    """Check a parts folder against ``plan`` (resume) or start one by writing the plan."""
+    plan_path = folder / PARTS_PLAN_FILE
+    if plan_path.is_file():
+        try:
+            existing = CurationPlan.load(plan_path)
+        except ConfigError as error:
+            raise ConfigError(f"{error}; delete {folder} to start the curation over") from None
+        differences = plan.differences(existing)
+        if differences:
+            raise ConfigError(
+                f"{folder} holds the parts of a curation with other settings ({'; '.join(differences)}; stored != "
+                f"requested); delete {folder} to start over, or rerun with the stored settings to resume it"
+            )
+        return
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ConfigError(
+            f"parts_dir {folder} exists and is not a curation parts folder (no {PARTS_PLAN_FILE}); delete it or "
+            "choose a new or empty folder"
+        )
+    plan.save(plan_path)  # atomic; creates the folder
+
+
+def _load_part(path: Path, batch: list[str], k: int) -> Archive:
+    try:
+        part = Archive.load(path)
+    except ConfigError as error:
+        raise ConfigError(f"{error}; delete {path} to curate its batch again") from None
+    if part.concept_names != tuple(batch) or part.k != k:
+        raise ConfigError(
+            f"{path} holds other concepts or another k than its batch of the plan in {path.parent}; delete "
+            f"{path.parent} to start over"
+        )
+    return part
 
 
 def archive_purity(
