@@ -148,6 +148,43 @@ def test_index_kinds_and_knobs(pipeline: Pipeline, tmp_path: Path) -> None:
     assert ivf.search(queries, 5)[1] == flat.search(queries, 5)[1]  # nprobe = nlist is exhaustive
 
 
+def test_on_disk_index_and_memory_budget(pipeline: Pipeline, tmp_path: Path, run_seg: Callable[..., Any]) -> None:
+    from seg_retrieval.index import EmbeddingIndex, IndexConfig, build_index
+    from seg_retrieval.store import EmbeddingStore
+
+    knobs = ["--kind", "ivf_pq", "--nlist", "2", "--nprobe", "2", "--pq-m", "4", "--pq-bits", "2"]
+    result = _invoke("retrieve", "index", str(pipeline.store), "--out", str(tmp_path / "disk"), *knobs, "--on-disk")
+    assert result.exit_code == 0, result.output
+    assert "pq_m=4x2, lists on disk" in " ".join(result.stdout.split())
+    assert sorted(path.name for path in (tmp_path / "disk").iterdir()) == [
+        "ids.json",
+        "index.faiss",
+        "index.ivfdata",
+        "index.json",
+    ]
+    on_disk = EmbeddingIndex.load(tmp_path / "disk")
+    assert on_disk.config.on_disk
+    config = IndexConfig(kind="ivf_pq", nlist=2, nprobe=2, pq_m=4, pq_bits=2, device="cpu")
+    in_memory = build_index(EmbeddingStore.open(pipeline.store), config)
+    queries = in_memory.vectors(["img1.png", "more/alpha.png"])
+    assert on_disk.search(queries, 6)[1] == in_memory.search(queries, 6)[1]
+
+    result = _invoke("retrieve", "index", str(pipeline.store), "--out", str(tmp_path / "budget"), "--memory-budget",
+                     "1MB")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert EmbeddingIndex.load(tmp_path / "budget").config.kind == "flat"  # 8 x 128 floats fit: exact search
+    result = run_seg("retrieve", "index", str(pipeline.store), "--out", str(tmp_path / "b2"), "--memory-budget", "1MB",
+                     "--kind", "flat", "--on-disk")  # fmt: skip
+    assert result.exit_code == 1
+    assert "--memory-budget chooses --kind, --on-disk" in result.text
+    result = run_seg("retrieve", "index", str(pipeline.store), "--out", str(tmp_path / "b3"), "--memory-budget", "100")
+    assert result.exit_code == 1
+    assert "no index over 8 vectors of dimension 128 fits in 100 bytes" in result.text
+    result = run_seg("retrieve", "index", str(pipeline.store), "--out", str(tmp_path / "b4"), "--memory-budget", "lots")
+    assert result.exit_code == 1
+    assert "memory size 'lots' is not a positive size" in result.text
+
+
 def test_impossible_index_settings_fail_naming_the_field(
     pipeline: Pipeline, tmp_path: Path, run_seg: Callable[..., Any]
 ) -> None:

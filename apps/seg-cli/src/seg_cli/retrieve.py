@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import shutil
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -22,7 +24,7 @@ from seg_cli.params import at_least, parse_concept_names, validate_concept_names
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from seg_core import Normalization
+    from seg_core import Archive, Normalization
     from seg_models.clip import ClipModel
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "embed",
     "image_files",
     "index",
+    "read_concepts_file",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -278,16 +281,25 @@ def index(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Index folder to write.", file_okay=False, show_default=False)
     ],
-    kind: Annotated[IndexKind, typer.Option("--kind", help="Index kind.", case_sensitive=False)] = IndexKind.FLAT,
+    kind: Annotated[
+        IndexKind | None,
+        typer.Option("--kind", help="Index kind [default: flat].", case_sensitive=False, show_default=False),
+    ] = None,
     nlist: Annotated[
         int | None,
         typer.Option("--nlist", callback=_optional_at_least(1), help="IVF lists (default 4·√N)."),
     ] = None,
     nprobe: Annotated[int, typer.Option("--nprobe", callback=at_least(1), help="IVF lists searched per query.")] = 32,
     pq_m: Annotated[
-        int, typer.Option("--pq-m", callback=at_least(1), help="IVF-PQ sub-quantisers (bytes/vector).")
-    ] = 64,
-    pq_bits: Annotated[int, typer.Option("--pq-bits", callback=at_least(1), help="IVF-PQ bits per code.")] = 8,
+        int | None,
+        typer.Option(
+            "--pq-m", callback=_optional_at_least(1), help="IVF-PQ sub-quantisers (bytes/vector) [default: 64]."
+        ),
+    ] = None,
+    pq_bits: Annotated[
+        int | None,
+        typer.Option("--pq-bits", callback=_optional_at_least(1), help="IVF-PQ bits per code [default: 8]."),
+    ] = None,
     hnsw_m: Annotated[int, typer.Option("--hnsw-m", callback=at_least(2), help="HNSW neighbours per node.")] = 32,
     ef_search: Annotated[int, typer.Option("--ef-search", callback=at_least(1), help="HNSW search breadth.")] = 128,
     ef_construction: Annotated[
@@ -304,44 +316,140 @@ def index(
     device: Annotated[
         IndexDeviceChoice, typer.Option("--device", help="faiss device.", case_sensitive=False)
     ] = IndexDeviceChoice.AUTO,
+    on_disk: Annotated[
+        bool,
+        typer.Option(
+            "--on-disk",
+            help="IVF kinds: keep the inverted lists in OUT/index.ivfdata, memory-mapped (indexes larger than RAM); "
+            "a killed build resumes.",
+        ),
+    ] = False,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--memory-budget",
+            help="RAM for the index, e.g. 16GB: chooses --kind, --pq-m, --pq-bits and --on-disk (the most accurate "
+            "index that fits).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Build a faiss nearest-neighbour index (inner product on L2-normalised embeddings) over an embedding store."""
     from seg_core import ConfigError
-    from seg_retrieval.index import IndexConfig, build_index
+    from seg_retrieval.index import IndexConfig, build_index, config_for_memory, estimate_index_bytes
     from seg_retrieval.store import EmbeddingStore
 
+    if memory_budget is not None:
+        chosen = {"--kind": kind, "--pq-m": pq_m, "--pq-bits": pq_bits, "--on-disk": on_disk or None}
+        given = [name for name, value in chosen.items() if value is not None]
+        if given:
+            raise _fail(
+                "index",
+                ValueError(f"--memory-budget chooses {', '.join(given)}; drop {' and '.join(given)} or the budget"),
+            )
     started = time.perf_counter()
     try:
         embeddings = EmbeddingStore.open(store)
         config = IndexConfig.parse(
             {
-                "kind": kind.value,
+                "kind": (kind or IndexKind.FLAT).value,
                 "nlist": nlist,
                 "nprobe": nprobe,
-                "pq_m": pq_m,
-                "pq_bits": pq_bits,
+                "pq_m": 64 if pq_m is None else pq_m,
+                "pq_bits": 8 if pq_bits is None else pq_bits,
                 "hnsw_m": hnsw_m,
                 "ef_search": ef_search,
                 "ef_construction": ef_construction,
                 "train_size": train_size,
                 "device": device.value,
+                "on_disk": on_disk,
             }
         )
-        built = build_index(embeddings, config)
-        built.save(out)
+        if memory_budget is not None:
+            config = config_for_memory(len(embeddings), embeddings.dim, memory_budget, base=config)
+        with progress_bar("[bold]indexing[/]", len(embeddings)) as update:
+            built = build_index(embeddings, config, directory=out if config.on_disk else None, progress=update)
+        if not config.on_disk:  # an on-disk index is saved where it was built
+            built.save(out)
     except (ConfigError, ValueError, OSError) as error:
         raise _fail("index", error) from None
     seconds = time.perf_counter() - started
     details = f", nlist={built.config.nlist}, nprobe={built.config.nprobe}" if built.config.is_ivf else ""
+    if built.config.kind == "ivf_pq":
+        details += f", pq_m={built.config.pq_m}x{built.config.pq_bits}"
+    if built.config.on_disk:
+        details += ", lists on disk"
+    size = estimate_index_bytes(built.config, len(built), built.dim) / 1e6
     stdout_console().print(
         f"indexed {len(built)} embeddings of {embeddings.encoder} ({built.config.kind}{details}, {built.device}) "
-        f"into {out} in {seconds:.1f} s"
+        f"into {out} in {seconds:.1f} s; about {size:,.1f} MB in memory"
     )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # curate
 # ---------------------------------------------------------------------------------------------------------------
+
+_MAX_LISTED = 20
+"""Up to this many concepts ``curate`` prints one line each; beyond, a summary."""
+
+
+def read_concepts_file(path: Path) -> tuple[str, ...]:
+    """The concepts of a ``--concepts-file``: one per line, blank lines and lines starting with ``#`` ignored.
+
+    The names follow the rules of ``--concepts`` (:func:`seg_cli.params.parse_concept_names`): stripped, non-empty,
+    each listed once (compared case-insensitively); a comma, which ``--concepts`` would split at, is refused.
+    Errors name the line.
+
+    Args:
+        path: A UTF-8 text file.
+
+    Returns:
+        The names in file order.
+
+    Raises:
+        ValueError: The file is unreadable, lists no concept, or a line holds a comma or repeats an earlier name.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read --concepts-file {path} as UTF-8 text: {error}") from None
+    names: list[str] = []
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        if "," in name:
+            raise ValueError(f"line {number} of {path} ({name!r}) holds a comma; write one concept per line")
+        key = name.lower()
+        if key in first_line:
+            raise ValueError(
+                f"concept {name!r} on line {number} of {path} repeats line {first_line[key]}; list each concept once"
+            )
+        first_line[key] = number
+        names.append(name)
+    if not names:
+        raise ValueError(f"{path} lists no concepts; write one concept per line (# starts a comment line)")
+    return tuple(names)
+
+
+def _validate_optional_concepts(value: str | None) -> str | None:
+    return None if value is None else validate_concept_names(value)
+
+
+def _concept_names(concepts: str | None, concepts_file: Path | None) -> tuple[str, ...]:
+    """The names of exactly one of ``--concepts`` and ``--concepts-file`` (usage error otherwise)."""
+    if concepts is not None and concepts_file is not None:
+        raise typer.BadParameter("both given; use only one of them", param_hint="'--concepts' / '--concepts-file'")
+    if concepts is not None:
+        return parse_concept_names(concepts)
+    if concepts_file is not None:
+        return read_concepts_file(concepts_file)
+    raise typer.BadParameter(
+        'none given; use --concepts "a,b,c" or --concepts-file FILE (one concept per line)',
+        param_hint="'--concepts' / '--concepts-file'",
+    )
 
 
 @app.command()
@@ -352,14 +460,24 @@ def curate(
         typer.Option("--index", help="Index folder written by `seg retrieve index`.", exists=True, show_default=False),
     ],
     concepts: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--concepts",
-            callback=validate_concept_names,
-            help='Comma-separated concepts, e.g. "cat,dog".',
+            callback=_validate_optional_concepts,
+            help='Comma-separated concepts, e.g. "cat,dog" (or --concepts-file).',
             show_default=False,
         ),
-    ],
+    ] = None,
+    concepts_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--concepts-file",
+            help="Text file with one concept per line (blank lines and lines starting with # ignored).",
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
     out: Annotated[
         Path,
         typer.Option("--out", "-o", help="Archive file to write (.json).", dir_okay=False, show_default=False),
@@ -387,6 +505,14 @@ def curate(
             show_default=False,
         ),
     ] = None,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size",
+            callback=at_least(1),
+            help="Concepts embedded and searched together; finished batches are kept in OUT.parts/ for a resume.",
+        ),
+    ] = 256,
     device: Annotated[
         str | None, typer.Option("--device", help="torch device of the text encoder (default: cuda if available).")
     ] = None,
@@ -394,13 +520,18 @@ def curate(
     """Curate an archive of the best-matching images for each concept (ReCo's retrieval).
 
     Each concept is prompted with every template of the set, the prompt embeddings are averaged (prompt
-    ensembling), and the index returns the images nearest to the result by cosine similarity.
+    ensembling), and the index returns the images nearest to the result by cosine similarity. Concepts go
+    --batch-size at a time; finished batches are kept in OUT.parts/ next to --out until the archive is written, so
+    re-running an interrupted command resumes it (other settings are refused: delete OUT.parts/ to start over).
     """
     from seg_core import ConceptSet, ConfigError
-    from seg_retrieval.curate import curate_archive, save_archive
+    from seg_retrieval.curate import curate_archive_batched, save_archive
     from seg_retrieval.index import EmbeddingIndex
 
-    names = parse_concept_names(concepts)
+    try:
+        names = _concept_names(concepts, concepts_file)
+    except ValueError as error:
+        raise _fail("curate", error) from None
     if out.suffix.lower() != ".json":
         raise _fail("curate", ValueError(f"--out must be a .json file, got {out}"))
     try:
@@ -435,26 +566,51 @@ def curate(
                 f"embeddings of {retriever.encoder}; pass --model with the CLIP that embedded the images"
             ),
         )
-    text = clip.concept_embeddings(ConceptSet(names=names, templates=templates)).embeddings
+
+    def embed_text(batch: Sequence[str]) -> Tensor:
+        return clip.concept_embeddings(ConceptSet(names=tuple(batch), templates=templates)).embeddings
+
+    parts = out.with_name(f"{out.name}.parts")
     try:
-        archive = curate_archive(
-            retriever,
-            names,
-            text,
-            per_concept,
-            encoder=recorded,
-            store=retriever.store or str(index_dir),
-            templates=templates,
-            dedup_threshold=dedup,
-        )
+        with progress_bar("[bold]curating[/]", len(names)) as update:
+            archive = curate_archive_batched(
+                retriever,
+                names,
+                embed_text,
+                per_concept,
+                encoder=recorded,
+                store=retriever.store or str(index_dir),
+                templates=templates,
+                batch_size=batch_size,
+                dedup_threshold=dedup,
+                parts_dir=parts,
+                progress=update,
+            )
         save_archive(archive, out)
     except (ConfigError, ValueError, RuntimeError, OSError) as error:
         raise _fail("curate", error) from None
+    shutil.rmtree(parts, ignore_errors=True)  # the archive is written: the parts have served
+    _print_curated(archive, per_concept)
+    stdout_console().print(f"wrote the archive of {len(names)} concepts to {out}")
+
+
+def _print_curated(archive: Archive, k: int) -> None:
+    """One line per concept for a few concepts; for many, a summary of the k-th (last kept) image's cosine."""
     console = stdout_console()
-    for concept in archive.concepts:
-        scores = [item.score for item in concept.items]
-        console.print(
-            f"{concept.concept}: {len(scores)} images, cosine {scores[0]:.3f} .. {scores[-1]:.3f}, "
-            f"best {concept.image_ids[0]}"
-        )
-    console.print(f"wrote the archive of {len(names)} concepts to {out}")
+    if len(archive.concepts) <= _MAX_LISTED:
+        for concept in archive.concepts:
+            scores = [item.score for item in concept.items]
+            console.print(
+                f"{concept.concept}: {len(scores)} images, cosine {scores[0]:.3f} .. {scores[-1]:.3f}, "
+                f"best {concept.image_ids[0]}"
+            )
+        return
+    last = {concept.concept: concept.items[-1].score for concept in archive.concepts}
+    weakest = min(last, key=last.__getitem__)
+    short = sum(len(concept.items) < k for concept in archive.concepts)
+    shortfall = f"; {short} concepts have fewer than {k} images after de-duplication" if short else ""
+    mean = statistics.fmean(last.values())
+    console.print(
+        f"curated {len(archive.concepts)} concepts: cosine of the k-th image mean {mean:.3f}, "
+        f"min {last[weakest]:.3f} ({weakest}){shortfall}"
+    )

@@ -17,15 +17,29 @@ Which index (Johnson, Douze & Jégou, "Billion-scale similarity search with GPUs
 * ``hnsw``: a graph, no training, fast and accurate at high recall but slow to build and ~``4·D + 8·hnsw_m`` bytes
   per vector; CPU only in faiss.
 
-Contents: :class:`IndexConfig`; device resolution; :func:`build_index`; :class:`EmbeddingIndex`.
+Indexes larger than memory: with ``IndexConfig.on_disk`` an IVF index keeps its inverted lists in a memory-mapped
+file (``index.ivfdata``, faiss's ``OnDiskInvertedLists``) next to ``index.faiss``; only the coarse centroids (and PQ
+codebooks) live in RAM. It is built the way faiss's own on-disk recipe does it (``faiss/contrib/ondisk.py``): the
+empty trained index is kept, each block of the store is added to a copy of it and written as a part, and the parts'
+lists are merged into the on-disk file; a build that dies resumes from the parts already written.
+
+Choosing parameters for a memory budget: :func:`estimate_index_bytes` gives what a config's faiss index holds in RAM
+and :func:`config_for_memory` picks the most accurate kind that fits a budget: exact ``flat`` while it fits (and the
+collection is small enough for exact search to be fast), then ``ivf_flat``, then ``ivf_pq`` with the largest code
+that fits, then ``ivf_pq`` on disk. This is the rule autofaiss follows (the largest product-quantisation code that
+fits the memory budget, https://criteo.github.io/autofaiss/), written here because autofaiss pins ``numpy<2`` and
+would downgrade the rest of the stack; it uses plain IVF rather than autofaiss's IVF-HNSW coarse quantiser.
+
+Contents: :class:`IndexConfig`; device resolution; memory estimates; :func:`build_index`; :class:`EmbeddingIndex`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -43,6 +57,7 @@ __all__ = [
     "INDEX_FILE",
     "INDEX_FORMAT",
     "INDEX_IDS_FILE",
+    "INDEX_IVFDATA_FILE",
     "INDEX_MANIFEST_FILE",
     "INDEX_VERSION",
     "EmbeddingIndex",
@@ -51,8 +66,11 @@ __all__ = [
     "IndexKind",
     "IndexManifest",
     "build_index",
+    "config_for_memory",
     "default_nlist",
+    "estimate_index_bytes",
     "gpu_available",
+    "parse_bytes",
     "resolve_device",
 ]
 
@@ -64,6 +82,8 @@ INDEX_VERSION: Final = 1
 INDEX_FILE: Final = "index.faiss"
 INDEX_IDS_FILE: Final = "ids.json"
 INDEX_MANIFEST_FILE: Final = "index.json"
+INDEX_IVFDATA_FILE: Final = "index.ivfdata"
+_PARTS_DIR = ".parts"  # in-progress parts of an on-disk build (hidden: copies and uploads skip it)
 
 _ADD_CHUNK = 65_536  # rows normalised and added at a time: bounds the float32 copy to 65536·D·4 bytes
 _GPU_MAX_K = 2048  # faiss GPU k-selection limit (also the largest nprobe)
@@ -85,6 +105,9 @@ class IndexConfig(SegModel):
         seed: Seed of the training sample and the k-means initialisation.
         device: ``"gpu"`` needs GPU faiss (extra ``seg-retrieval[gpu]``); ``"auto"`` uses it when installed and a GPU
             is visible (never for HNSW, which faiss runs on CPU only), else the CPU.
+        on_disk: IVF kinds only: keep the inverted lists in a memory-mapped file next to the saved index instead of
+            in RAM (for indexes larger than memory); built and searched on the CPU, and
+            :func:`build_index` needs the ``directory`` to write it to.
     """
 
     kind: IndexKind = "flat"
@@ -98,9 +121,20 @@ class IndexConfig(SegModel):
     train_size: PositiveInt | None = None
     seed: int = 0
     device: IndexDevice = "auto"
+    on_disk: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> IndexConfig:
+        if self.on_disk and self.kind not in {"ivf_flat", "ivf_pq"}:
+            raise ValueError(
+                f"on_disk=True with kind={self.kind!r}: only IVF indexes keep their lists on disk; use "
+                "kind='ivf_pq' (or 'ivf_flat'), or on_disk=False"
+            )
+        if self.on_disk and self.device == "gpu":
+            raise ValueError(
+                "on_disk=True with device='gpu': faiss searches on-disk inverted lists on the CPU only; use "
+                "device='cpu' or 'auto'"
+            )
         if self.nlist is not None and self.nprobe > self.nlist:
             raise ValueError(
                 f"nprobe={self.nprobe} exceeds nlist={self.nlist}; use nprobe <= nlist (nprobe = nlist is exhaustive)"
@@ -228,6 +262,131 @@ def _resolved_config(config: IndexConfig, count: int, dim: int) -> IndexConfig:
     return config.model_copy(update={"nlist": nlist, "train_size": train_size})
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Memory
+# ---------------------------------------------------------------------------------------------------------------
+
+_UNITS: Final = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20}
+_UNITS.update({"GIB": 2**30, "TIB": 2**40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12})
+_FLAT_SEARCH_MAX = 5_000_000  # beyond this, exact search of 1,000 queries takes minutes (docs/benchmarks.md)
+_PQ_CHOICES: Final = (128, 96, 64, 48, 32, 24, 16, 8, 4)  # sub-quantisers tried, most accurate first
+
+
+def parse_bytes(value: str | int) -> int:
+    """A size such as ``"16GB"``, ``"512 MiB"`` or ``4_000_000`` in bytes (decimal units; ``KiB``.. binary).
+
+    Raises:
+        ValueError: Not a positive size.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        number, unit = float(value), ""
+    else:
+        text = str(value).strip().upper().replace(" ", "").replace("_", "")
+        split = len(text.rstrip("KMGTIB"))
+        number_text, unit = text[:split], text[split:]
+        try:
+            number = float(number_text)
+        except ValueError:
+            number = -1.0
+        if unit not in _UNITS:
+            number = -1.0
+    if not number > 0:
+        raise ValueError(f"memory size {value!r} is not a positive size; write e.g. '16GB', '512MB' or '2GiB'")
+    return int(number * _UNITS[unit])
+
+
+def estimate_index_bytes(config: IndexConfig, count: int, dim: int) -> int:
+    """Bytes the faiss index of ``config`` over ``count`` vectors of ``dim`` holds in RAM once built.
+
+    The dominant terms, as in faiss's storage layout: vectors (``4·D`` bytes each for flat and IVF-Flat, the PQ code
+    of ``pq_m·pq_bits/8`` bytes for IVF-PQ, plus HNSW's ``2·hnsw_m`` 4-byte links on its base level), the 8-byte id
+    IVF lists store per vector, the ``nlist·D`` float32 coarse centroids and the PQ codebooks. With ``on_disk`` the
+    lists are memory-mapped and only the centroids and codebooks count. The image-id strings kept next to the index
+    (a Python tuple, about 60-100 bytes per id) are not included.
+    """
+    if count < 1 or dim < 1:
+        raise ValueError(f"count and dim must be positive, got count={count}, dim={dim}")
+    if config.kind == "flat":
+        return 4 * count * dim
+    if config.kind == "hnsw":
+        return count * (4 * dim + 4 * 2 * config.hnsw_m)
+    nlist = config.nlist if config.nlist is not None else default_nlist(count)
+    fixed = 4 * nlist * dim
+    if config.kind == "ivf_pq":
+        fixed += 4 * (2**config.pq_bits) * dim  # pq_m codebooks of 2**pq_bits centroids of D/pq_m dims
+        per_vector = math.ceil(config.pq_m * config.pq_bits / 8) + 8
+    else:
+        per_vector = 4 * dim + 8
+    return fixed if config.on_disk else fixed + count * per_vector
+
+
+def config_for_memory(
+    count: int,
+    dim: int,
+    budget: int | str,
+    *,
+    flat_max: int = _FLAT_SEARCH_MAX,
+    allow_on_disk: bool = True,
+    base: IndexConfig | None = None,
+) -> IndexConfig:
+    """The most accurate index config whose faiss index fits in ``budget`` bytes of RAM.
+
+    In order: exact ``flat`` (when it fits and ``count <= flat_max``); ``ivf_flat``; ``ivf_pq`` in RAM with the
+    largest ``pq_m`` that fits (8-bit codes, ``pq_m`` dividing ``dim``, at most ``dim / 2``), down to ``dim / 8``;
+    then, with ``allow_on_disk``, ``ivf_pq`` with ``pq_m`` about ``dim / 8`` and its lists on disk (disk is cheap, but
+    every probed list is read from it); then shorter codes in RAM. ``nlist`` is ``base.nlist`` or
+    :func:`default_nlist`. Estimates are :func:`estimate_index_bytes`; building needs the training sample and one
+    block of rows on top (``train_size·D·4`` and ``65,536·D·4`` bytes).
+
+    Args:
+        count: Vectors to index.
+        dim: Their dimension.
+        budget: RAM for the index, in bytes or as a size string (``"16GB"``).
+        flat_max: Largest collection indexed exactly even when it would fit.
+        allow_on_disk: Whether an on-disk IVF-PQ may be chosen when nothing fits in RAM.
+        base: Settings kept from this config (``nlist`` when set, ``nprobe``, ``seed``, ``device``, ...); ``kind``,
+            ``pq_m``, ``pq_bits`` and ``on_disk`` are chosen here.
+
+    Raises:
+        ConfigError: Nothing fits, not even the centroids of an on-disk index; the message names the least
+            budget that works.
+    """
+    limit = parse_bytes(budget)
+    base = base if base is not None else IndexConfig()
+    keep = base.model_dump(exclude={"kind", "pq_m", "pq_bits", "on_disk"})
+    nlist = base.nlist if base.nlist is not None else default_nlist(count)
+    if base.nprobe > nlist:
+        keep["nprobe"] = nlist
+    candidates: list[IndexConfig] = []
+    if count <= flat_max:
+        candidates.append(IndexConfig(kind="flat", **keep))
+    if count >= 2:
+        candidates.append(IndexConfig(kind="ivf_flat", **keep))
+    pq_ms = [m for m in _PQ_CHOICES if dim % m == 0 and m <= dim // 2]
+    if count >= 256:  # 8-bit codes need 256 training vectors
+        disk_m = next((m for m in pq_ms if m <= max(dim // 8, 4)), pq_ms[-1] if pq_ms else None)
+        for m in pq_ms:  # an on-disk index with a longer code beats an in-RAM one with a shorter code
+            if allow_on_disk and m == disk_m:
+                candidates.append(IndexConfig(kind="ivf_pq", pq_m=m, pq_bits=8, **keep))
+                candidates.append(IndexConfig(kind="ivf_pq", pq_m=m, pq_bits=8, on_disk=True, **keep))
+            else:
+                candidates.append(IndexConfig(kind="ivf_pq", pq_m=m, pq_bits=8, **keep))
+    for candidate in candidates:
+        if candidate.on_disk and candidate.device == "gpu":
+            continue
+        if estimate_index_bytes(candidate, count, dim) <= limit:
+            return candidate
+    least = min(
+        (estimate_index_bytes(candidate, count, dim) for candidate in candidates),
+        default=4 * count * dim,
+    )
+    raise ConfigError(
+        f"no index over {count} vectors of dimension {dim} fits in {limit:,} bytes; the smallest "
+        f"({'on disk' if allow_on_disk else 'in RAM'}) needs {least:,} bytes: raise the memory budget"
+        + ("" if allow_on_disk else " or allow an on-disk index")
+    )
+
+
 def _factory_string(config: IndexConfig) -> str:
     if config.kind == "flat":
         return "Flat"
@@ -317,51 +476,63 @@ def build_index(
     *,
     ids: Sequence[str] | None = None,
     encoder: str | None = None,
+    directory: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EmbeddingIndex:
     """Build a faiss index over a store or an ``[N, D]`` array (rows are L2-normalised first).
 
     IVF kinds are trained (k-means, and PQ codebooks) on ``config.train_size`` rows sampled with ``config.seed``;
     rows are then added in blocks of 65,536, so indexing a store never holds more than one block in float32
-    beyond the index itself.
+    beyond the index itself. With ``config.on_disk`` each block goes into a part file under ``directory`` and the
+    parts are merged into ``directory/index.ivfdata`` (resumable: a rerun with the same config and rows keeps the
+    trained index and the parts already written); the index is then saved in ``directory``.
 
     Args:
         source: An :class:`~seg_retrieval.store.EmbeddingStore` or ``[N, D]`` float vectors.
         config: How to index; default ``IndexConfig()`` (exact ``flat``, ``device="auto"``).
         ids: One id per row of an array source; default ``"0" .. "N-1"``. Must be ``None`` for a store.
         encoder: Name of the encoder of an array source, recorded with the index (a store brings its own).
+        directory: Where an on-disk index is built and saved (required with ``on_disk``, unused otherwise).
+        progress: Called with ``(rows added, total rows)`` after each block.
 
     Returns:
         The index, searchable and savable.
 
     Raises:
-        ConfigError: ``nlist`` larger than ``N``, ``pq_m`` not dividing ``D``, too few training vectors, or an
-            unusable ``device`` (see :func:`resolve_device`).
+        ConfigError: ``nlist`` larger than ``N``, ``pq_m`` not dividing ``D``, too few training vectors, an
+            unusable ``device`` (see :func:`resolve_device`), or ``on_disk`` without ``directory``.
         ValueError, TypeError: A source that is not ``[N, D]`` floats, or ``ids`` of the wrong length.
     """
     config = config if config is not None else IndexConfig()
     rows = _Source(source, ids)
     config = _resolved_config(config, rows.count, rows.dim)
-    device = resolve_device(config.device, config.kind)
-    index: Any = faiss.index_factory(rows.dim, _factory_string(config), faiss.METRIC_INNER_PRODUCT)
-    if config.kind == "hnsw":
-        index.hnsw.efConstruction = config.ef_construction
-    if config.is_ivf:
-        ivf = faiss.extract_index_ivf(index)
-        ivf.cp.seed = config.seed
-        if config.kind == "ivf_pq":
-            index.pq.cp.seed = config.seed
+    if config.on_disk and directory is None:
+        raise ConfigError(
+            "IndexConfig.on_disk=True needs a folder for the inverted lists: pass build_index(..., directory=DIR) "
+            "(`seg retrieve index --on-disk` uses --out)"
+        )
+    device = "cpu" if config.on_disk else resolve_device(config.device, config.kind)
+    index: Any = None if config.on_disk else _empty_index(config, rows.dim)
     resources = None
     if device == "gpu":  # train and add on the GPU too: the k-means assignment is the expensive part
         resources = faiss.StandardGpuResources()
         index = faiss.index_cpu_to_gpu(resources, 0, index)
-    if config.is_ivf:
-        assert config.train_size is not None
-        index.train(rows.sample(config.train_size, config.seed))
-    for block in rows.chunks():
-        index.add(block)
     store_path = str(rows.store.root.resolve()) if rows.store is not None else None
     recorded_encoder = rows.store.encoder if rows.store is not None else encoder
-    return EmbeddingIndex(
+    if config.on_disk:
+        assert directory is not None
+        index = _build_on_disk(rows, config, Path(directory), progress)
+    else:
+        if config.is_ivf:
+            assert config.train_size is not None
+            index.train(rows.sample(config.train_size, config.seed))
+        added = 0
+        for block in rows.chunks():
+            index.add(block)
+            added += block.shape[0]
+            if progress is not None:
+                progress(added, rows.count)
+    built = EmbeddingIndex(
         index,
         rows.ids,
         config,
@@ -370,7 +541,108 @@ def build_index(
         store=store_path,
         opened_store=rows.store,
         gpu_resources=resources,
+        ivfdata=Path(directory) / INDEX_IVFDATA_FILE if config.on_disk and directory is not None else None,
     )
+    if config.on_disk:
+        assert directory is not None
+        built.save(directory)
+        shutil.rmtree(Path(directory) / _PARTS_DIR, ignore_errors=True)
+    return built
+
+
+def _empty_index(config: IndexConfig, dim: int) -> Any:
+    """The untrained faiss index of ``config`` (inner product), with its seeds and build knobs set."""
+    index: Any = faiss.index_factory(dim, _factory_string(config), faiss.METRIC_INNER_PRODUCT)
+    if config.kind == "hnsw":
+        index.hnsw.efConstruction = config.ef_construction
+    if config.is_ivf:
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.seed = config.seed
+        if config.kind == "ivf_pq":
+            index.pq.cp.seed = config.seed
+    return index
+
+
+def _build_on_disk(
+    rows: _Source, config: IndexConfig, directory: Path, progress: Callable[[int, int], None] | None
+) -> Any:
+    """Train, add block by block into part files, and merge the parts' lists into ``directory/index.ivfdata``.
+
+    Resuming is safe against changed inputs: the trained index is reused only for the same config, ids and training
+    sample, and a part only when the digest of its block's rows is the one it was written from.
+    """
+    from faiss.contrib.ondisk import merge_ondisk
+
+    parts = directory / _PARTS_DIR
+    parts.mkdir(parents=True, exist_ok=True)
+    assert config.train_size is not None
+    sample = rows.sample(config.train_size, config.seed)
+    plan = {
+        "config": config.model_dump(mode="json", exclude={"nprobe", "ef_search", "device"}),
+        "count": rows.count,
+        "dim": rows.dim,
+        "ids": _digest(*(image_id.encode("utf-8") + b"\0" for image_id in rows.ids)),
+        "sample": _digest(sample.tobytes()),
+    }
+    plan_file = parts / "plan.json"
+    if plan_file.is_file() and json.loads(plan_file.read_text(encoding="utf-8")) != plan:
+        shutil.rmtree(parts)  # another config or other rows: nothing written before is valid for this build
+        parts.mkdir(parents=True)
+    _write_text(plan_file, json.dumps(plan, sort_keys=True))
+    trained_file = parts / "trained.faiss"
+    if trained_file.is_file():
+        trained = faiss.read_index(str(trained_file))
+    else:
+        trained = _empty_index(config, rows.dim)
+        trained.train(sample)
+        _write_index(trained, trained_file)
+    del sample
+    part_files: list[str] = []
+    start = 0
+    for number, block in enumerate(rows.chunks()):
+        part_file = parts / f"part-{number:05d}.faiss"
+        digest_file = part_file.with_suffix(".digest")
+        digest = _digest(block.tobytes())
+        done = part_file.is_file() and digest_file.is_file() and digest_file.read_text(encoding="utf-8") == digest
+        if not done:
+            part = faiss.clone_index(trained)
+            part.add_with_ids(block, np.arange(start, start + block.shape[0], dtype=np.int64))
+            _write_index(part, part_file)
+            _write_text(digest_file, digest)
+        part_files.append(str(part_file))
+        start += block.shape[0]
+        if progress is not None:
+            progress(start, rows.count)
+    merged = faiss.read_index(str(trained_file))
+    ivfdata = directory / INDEX_IVFDATA_FILE
+    ivfdata.unlink(missing_ok=True)  # merge_ondisk appends to an existing file
+    merge_ondisk(merged, part_files, str(ivfdata))
+    return merged
+
+
+def _digest(*chunks: bytes) -> str:
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_index(index: Any, path: Path) -> None:
+    """``faiss.write_index`` through a temporary file, so a killed write never leaves a truncated ``path``."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        faiss.write_index(index, str(tmp))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -389,6 +661,7 @@ class EmbeddingIndex:
         device: ``"cpu"`` or ``"gpu"``.
         encoder: Encoder of the indexed embeddings, when known.
         store: Path of the indexed store, when built from one.
+        ivfdata: The memory-mapped inverted-list file of an on-disk index (``None`` in RAM).
     """
 
     def __init__(
@@ -402,8 +675,12 @@ class EmbeddingIndex:
         store: str | None = None,
         opened_store: EmbeddingStore | None = None,
         gpu_resources: Any = None,
+        ivfdata: Path | None = None,
     ) -> None:
+        if config.on_disk and ivfdata is None:
+            raise ValueError("an on-disk index needs the path of its inverted-list file (ivfdata)")
         self.faiss_index = faiss_index
+        self.ivfdata = ivfdata
         self._ids = tuple(ids)
         if len(self._ids) != int(faiss_index.ntotal):
             raise ValueError(f"{len(self._ids)} ids for an index of {int(faiss_index.ntotal)} vectors")
@@ -563,18 +840,24 @@ class EmbeddingIndex:
     def save(self, directory: str | Path) -> Path:
         """Write ``index.faiss`` (CPU form), ``ids.json`` and ``index.json`` into ``directory`` (each atomically).
 
+        An on-disk index also needs its ``index.ivfdata`` there: it is copied when ``directory`` is another folder.
+
         Returns:
             The directory.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        if self.ivfdata is not None:
+            target = directory / INDEX_IVFDATA_FILE
+            if not target.exists() or not target.samefile(self.ivfdata):
+                tmp_data = directory / f".{INDEX_IVFDATA_FILE}.{uuid.uuid4().hex}.tmp"
+                try:
+                    shutil.copyfile(self.ivfdata, tmp_data)
+                    tmp_data.replace(target)
+                finally:
+                    tmp_data.unlink(missing_ok=True)
         cpu_index = faiss.index_gpu_to_cpu(self.faiss_index) if self.device == "gpu" else self.faiss_index
-        tmp = directory / f".{INDEX_FILE}.{uuid.uuid4().hex}.tmp"
-        try:
-            faiss.write_index(cpu_index, str(tmp))
-            tmp.replace(directory / INDEX_FILE)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _write_index(cpu_index, directory / INDEX_FILE)
         ids_tmp = directory / f".{INDEX_IDS_FILE}.{uuid.uuid4().hex}.tmp"
         ids_tmp.write_text(json.dumps(list(self._ids)), encoding="utf-8")
         ids_tmp.replace(directory / INDEX_IDS_FILE)
@@ -613,14 +896,29 @@ class EmbeddingIndex:
             if not (directory / name).is_file():
                 raise ConfigError(f"the index in {directory} lacks {name}; rebuild it with `seg retrieve index`")
         ids = json.loads((directory / INDEX_IDS_FILE).read_text(encoding="utf-8"))
-        index = faiss.read_index(str(directory / INDEX_FILE))
+        ivfdata = None
+        flags = 0
+        if manifest.config.on_disk:
+            ivfdata = directory / INDEX_IVFDATA_FILE
+            if not ivfdata.is_file():
+                raise ConfigError(
+                    f"the on-disk index in {directory} lacks its inverted lists {INDEX_IVFDATA_FILE}; copy it next "
+                    f"to {INDEX_FILE} or rebuild the index with `seg retrieve index --on-disk`"
+                )
+            if device == "gpu":
+                raise ConfigError(
+                    f"the index in {directory} keeps its lists on disk, which faiss searches on the CPU only; load it "
+                    "with device='cpu' or 'auto'"
+                )
+            flags = faiss.IO_FLAG_ONDISK_SAME_DIR  # the lists file is found next to index.faiss, wherever it moved
+        index = faiss.read_index(str(directory / INDEX_FILE), flags)
         if not isinstance(ids, list) or len(ids) != index.ntotal or index.ntotal != manifest.count:
             raise ConfigError(
                 f"the index in {directory} is inconsistent: {manifest.count} vectors in {INDEX_MANIFEST_FILE}, "
                 f"{index.ntotal} in {INDEX_FILE}, {len(ids) if isinstance(ids, list) else 'no list of'} ids; rebuild it"
             )
         config = manifest.config if device is None else manifest.config.model_copy(update={"device": device})
-        resolved = resolve_device(config.device, config.kind)
+        resolved = "cpu" if config.on_disk else resolve_device(config.device, config.kind)
         store = manifest.store
         if store is not None and not Path(store).is_absolute():  # relative to the index folder (portable copies)
             store = str((directory / store).resolve())
@@ -636,4 +934,5 @@ class EmbeddingIndex:
             encoder=manifest.encoder,
             store=store,
             gpu_resources=resources,
+            ivfdata=ivfdata,
         )

@@ -1,0 +1,229 @@
+"""Indexes past memory: on-disk inverted lists (results, resume, moving the folder) and parameters chosen for a
+memory budget (estimates against faiss's own serialised sizes, the order of the choices, the errors)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+import seg_retrieval.index as index_module
+from seg_core import ConfigError
+from seg_retrieval.index import (
+    INDEX_IVFDATA_FILE,
+    EmbeddingIndex,
+    IndexConfig,
+    build_index,
+    config_for_memory,
+    estimate_index_bytes,
+    parse_bytes,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_faiss_thread() -> Iterator[None]:
+    """One faiss thread for these tiny indexes (OpenMP threads spin against each other on a busy 2-core machine)."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 300 rows, so a 1,000-row source is added as 4 parts (3 x 300 + 100)."""
+    monkeypatch.setattr(index_module, "_ADD_CHUNK", 300)
+
+
+def clustered(count: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((20, dim))
+    rows = centres[rng.integers(0, 20, count)] + 0.3 * rng.standard_normal((count, dim))
+    return rows.astype(np.float32)
+
+
+PQ = IndexConfig(kind="ivf_pq", nlist=16, nprobe=16, pq_m=4, pq_bits=6, device="cpu")
+
+
+def test_on_disk_index_equals_the_in_memory_one_and_survives_a_move(tmp_path: Path, small_blocks: None) -> None:
+    rows = clustered(1000)
+    ids = [f"img{row:04d}" for row in range(1000)]
+    seen: list[tuple[int, int]] = []
+    on_disk = build_index(
+        rows,
+        PQ.model_copy(update={"on_disk": True}),
+        ids=ids,
+        directory=tmp_path / "index",
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    in_memory = build_index(rows, PQ, ids=ids)
+    assert seen == [(300, 1000), (600, 1000), (900, 1000), (1000, 1000)]
+    assert sorted(path.name for path in (tmp_path / "index").iterdir()) == [
+        "ids.json",
+        "index.faiss",
+        "index.ivfdata",
+        "index.json",
+    ]  # the parts are gone once merged
+    assert on_disk.ivfdata == tmp_path / "index" / INDEX_IVFDATA_FILE
+    queries = clustered(7, seed=1)
+    disk_scores, disk_ids = on_disk.search(queries, 10)
+    memory_scores, memory_ids = in_memory.search(queries, 10)
+    assert disk_ids == memory_ids
+    np.testing.assert_array_equal(disk_scores.numpy(), memory_scores.numpy())
+    # the inverted lists really are the memory-mapped kind
+    invlists = faiss.extract_index_ivf(on_disk.faiss_index).invlists
+    assert invlists is not None
+    assert isinstance(faiss.downcast_InvertedLists(invlists), faiss.OnDiskInvertedLists)
+
+    shutil.move(tmp_path / "index", tmp_path / "moved")  # the lists file is found next to index.faiss
+    moved = EmbeddingIndex.load(tmp_path / "moved")
+    assert moved.config.on_disk
+    assert moved.device == "cpu"
+    assert moved.search(queries, 10)[1] == memory_ids
+    copy = EmbeddingIndex.load(moved.save(tmp_path / "copy"))  # saving elsewhere copies the lists
+    assert (tmp_path / "copy" / INDEX_IVFDATA_FILE).stat().st_size == (
+        tmp_path / "moved" / INDEX_IVFDATA_FILE
+    ).stat().st_size
+    assert copy.search(queries, 10)[1] == memory_ids
+
+
+def test_a_killed_on_disk_build_resumes_from_its_parts(
+    tmp_path: Path, small_blocks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = clustered(1000)
+    config = PQ.model_copy(update={"on_disk": True})
+    clones: list[int] = []
+    real_clone = faiss.clone_index
+
+    def counting_clone(index: faiss.Index) -> faiss.Index:
+        clones.append(1)
+        return real_clone(index)
+
+    monkeypatch.setattr(faiss, "clone_index", counting_clone)
+
+    def die_after_two(done: int, total: int) -> None:
+        if done >= 600:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_index(rows, config, directory=tmp_path / "index", progress=die_after_two)
+    parts = sorted(path.name for path in (tmp_path / "index" / ".parts").iterdir())
+    assert parts == [
+        "part-00000.digest",
+        "part-00000.faiss",
+        "part-00001.digest",
+        "part-00001.faiss",
+        "plan.json",
+        "trained.faiss",
+    ]
+    assert len(clones) == 2
+    resumed = build_index(rows, config, directory=tmp_path / "index")
+    assert len(clones) == 4  # only the two missing parts were added
+    assert not (tmp_path / "index" / ".parts").exists()
+    queries = clustered(5, seed=2)
+    assert resumed.search(queries, 8)[1] == build_index(rows, PQ).search(queries, 8)[1]
+
+    # other rows under the same folder: the old parts are not reused
+    with pytest.raises(KeyboardInterrupt):
+        build_index(rows, config, directory=tmp_path / "other", progress=die_after_two)
+    changed = rows[::-1].copy()
+    rebuilt = build_index(changed, config, directory=tmp_path / "other")
+    assert rebuilt.search(queries, 8)[1] == build_index(changed, PQ).search(queries, 8)[1]
+
+
+def test_on_disk_settings_that_cannot_work_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="only IVF indexes"):
+        IndexConfig(kind="flat", on_disk=True)
+    with pytest.raises(ValidationError, match="CPU only"):
+        IndexConfig(kind="ivf_pq", on_disk=True, device="gpu")
+    with pytest.raises(ConfigError, match="directory=DIR"):
+        build_index(clustered(400), PQ.model_copy(update={"on_disk": True}))
+    build_index(clustered(400), PQ.model_copy(update={"on_disk": True}), directory=tmp_path / "index")
+    with pytest.raises(ConfigError, match="CPU only"):
+        EmbeddingIndex.load(tmp_path / "index", device="gpu")
+    (tmp_path / "index" / INDEX_IVFDATA_FILE).unlink()
+    with pytest.raises(ConfigError, match=r"lacks its inverted lists index\.ivfdata"):
+        EmbeddingIndex.load(tmp_path / "index")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        IndexConfig(kind="flat", device="cpu"),
+        IndexConfig(kind="ivf_flat", nlist=64, device="cpu"),
+        IndexConfig(kind="ivf_pq", nlist=64, pq_m=8, pq_bits=8, device="cpu"),
+        IndexConfig(kind="hnsw", hnsw_m=16, device="cpu"),
+    ],
+    ids=lambda config: config.kind,
+)
+def test_memory_estimates_match_faiss_serialised_sizes(config: IndexConfig) -> None:
+    count, dim = 6000, 32
+    built = build_index(clustered(count, dim), config)
+    actual = faiss.serialize_index(built.faiss_index).size
+    estimate = estimate_index_bytes(built.config, count, dim)
+    assert abs(estimate - actual) <= 0.15 * actual, (estimate, actual)
+
+
+def test_on_disk_estimate_counts_only_what_stays_in_memory(tmp_path: Path) -> None:
+    count, dim = 6000, 32
+    config = IndexConfig(kind="ivf_pq", nlist=64, pq_m=8, pq_bits=8, device="cpu")
+    in_ram = estimate_index_bytes(config, count, dim)
+    on_disk = estimate_index_bytes(config.model_copy(update={"on_disk": True}), count, dim)
+    assert in_ram - on_disk == count * (8 + 8)  # per vector: its 8-byte code and its 8-byte id
+    build_index(clustered(count, dim), config.model_copy(update={"on_disk": True}), directory=tmp_path / "i")
+    assert (tmp_path / "i" / INDEX_IVFDATA_FILE).stat().st_size >= count * (8 + 8)
+
+
+def test_the_budget_picks_the_most_accurate_index_that_fits() -> None:
+    count, dim = 1_000_000, 512
+    flat = 4 * count * dim
+    assert config_for_memory(count, dim, flat).kind == "flat"
+    ivf_flat = estimate_index_bytes(IndexConfig(kind="ivf_flat"), count, dim)
+    assert ivf_flat > flat  # the same vectors, plus ids and centroids
+    assert config_for_memory(count, dim, ivf_flat, flat_max=count - 1).kind == "ivf_flat"
+    assert config_for_memory(count, dim, ivf_flat - 1, flat_max=count - 1).kind == "ivf_pq"
+    assert config_for_memory(count, dim, flat - 1).kind == "ivf_pq"
+    pq = config_for_memory(count, dim, "500MB")
+    assert (pq.kind, pq.pq_m, pq.on_disk) == ("ivf_pq", 128, False)
+    assert estimate_index_bytes(pq, count, dim) <= 500_000_000
+    # a budget between the dim/8 code in RAM and the dim/8 code on disk: on disk, not a shorter code in RAM
+    disk_m = 64
+    ram_64 = estimate_index_bytes(IndexConfig(kind="ivf_pq", pq_m=disk_m), count, dim)
+    tight = config_for_memory(count, dim, ram_64 - 1)
+    assert (tight.kind, tight.pq_m, tight.on_disk) == ("ivf_pq", disk_m, True)
+    # without disk, the shorter codes in RAM
+    no_disk = config_for_memory(count, dim, ram_64 - 1, allow_on_disk=False)
+    assert (no_disk.kind, no_disk.on_disk) == ("ivf_pq", False)
+    assert no_disk.pq_m < disk_m
+    assert estimate_index_bytes(no_disk, count, dim) < ram_64
+    # settings that are not chosen here are kept
+    kept = config_for_memory(count, dim, "16GB", base=IndexConfig(seed=7, device="cpu", nprobe=8))
+    assert (kept.seed, kept.device, kept.nprobe) == (7, "cpu", 8)
+
+
+def test_an_impossible_budget_names_the_least_that_works() -> None:
+    with pytest.raises(ConfigError, match="raise the memory budget") as error:
+        config_for_memory(1_000_000, 512, "1MB")
+    least = int(str(error.value).split("needs ")[1].split(" bytes")[0].replace(",", ""))
+    assert config_for_memory(1_000_000, 512, least).on_disk
+    with pytest.raises(ConfigError, match="or allow an on-disk index"):
+        config_for_memory(1_000_000, 512, least, allow_on_disk=False)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("16GB", 16 * 10**9), ("512 MiB", 512 * 2**20), ("1.5g", 1_500_000_000), (4096, 4096), ("2_000 kb", 2 * 10**6)],
+)
+def test_sizes_are_parsed(text: str | int, expected: int) -> None:
+    assert parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "GB", "-3GB", "12 parsecs", 0, "1e3XB"])
+def test_bad_sizes_are_refused_with_an_example(text: str | int) -> None:
+    with pytest.raises(ValueError, match=r"write e\.g\. '16GB'"):
+        parse_bytes(text)
