@@ -3,7 +3,13 @@ memory budget (estimates against faiss's own serialised sizes, the order of the 
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -227,3 +233,55 @@ def test_sizes_are_parsed(text: str | int, expected: int) -> None:
 def test_bad_sizes_are_refused_with_an_example(text: str | int) -> None:
     with pytest.raises(ValueError, match=r"write e\.g\. '16GB'"):
         parse_bytes(text)
+
+
+DISTRIBUTED_BUILD = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import torch.distributed as dist
+    import seg_retrieval.index as index_module
+    from seg_retrieval.index import IndexConfig, build_index
+
+    index_module._ADD_CHUNK = 300
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    out = sys.argv[1]
+    rows = np.load(f"{out}/rows.npy")
+    added = []
+    config = IndexConfig(kind="ivf_pq", nlist=16, nprobe=16, pq_m=4, pq_bits=6, device="cpu", on_disk=True)
+    index = build_index(rows, config, directory=f"{out}/index", progress=lambda done, total: added.append(done))
+    _, ids = index.search(np.load(f"{out}/queries.npy"), 10)
+    with open(f"{out}/rank{rank}.json", "w") as handle:
+        json.dump({"ids": ids, "added": added}, handle)
+    dist.destroy_process_group()
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_parts_of_an_on_disk_build(tmp_path: Path) -> None:
+    rows, queries = clustered(1000), clustered(6, seed=3)
+    np.save(tmp_path / "rows.npy", rows)
+    np.save(tmp_path / "queries.npy", queries)
+    script = tmp_path / "build.py"
+    script.write_text(DISTRIBUTED_BUILD)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+        "--master-port", str(port), str(script), str(tmp_path),
+    ]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        environment.pop(name, None)
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=180, env=environment, check=False)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    expected = build_index(rows, PQ).search(queries, 10)[1]
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert [result["ids"] for result in results] == [expected, expected]  # every rank returns the whole index
+    assert results[0]["added"] == [300, 900]  # blocks 0 and 2
+    assert results[1]["added"] == [600, 1000]  # blocks 1 and 3
+    assert not (tmp_path / "index" / ".parts").exists()
+    assert EmbeddingIndex.load(tmp_path / "index").search(queries, 10)[1] == expected

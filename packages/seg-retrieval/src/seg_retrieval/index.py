@@ -35,6 +35,7 @@ Contents: :class:`IndexConfig`; device resolution; memory estimates; :func:`buil
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -411,6 +412,10 @@ def _normalised(rows: npt.ArrayLike) -> npt.NDArray[np.float32]:
     return array
 
 
+def _normalised_slice(rows: npt.NDArray[Any], start: int) -> npt.NDArray[np.float32]:
+    return _normalised(rows[start : start + _ADD_CHUNK])
+
+
 class _Source:
     """Rows to index, from a store (shard by shard) or an in-memory ``[N, D]`` array."""
 
@@ -447,14 +452,22 @@ class _Source:
 
     def chunks(self) -> Iterator[npt.NDArray[np.float32]]:
         """Normalised float32 blocks of at most ``_ADD_CHUNK`` rows, in row order."""
+        for _, read in self.blocks():
+            yield read()
+
+    def blocks(self) -> Iterator[tuple[int, Callable[[], npt.NDArray[np.float32]]]]:
+        """``(first row, read)`` of each block of at most ``_ADD_CHUNK`` rows (within a store shard), in row order;
+        ``read()`` loads the block normalised, so a caller can skip blocks without reading them."""
         if self.store is not None:
+            offset = 0
             for shard in self.store.shards():
                 for start in range(0, len(shard.ids), _ADD_CHUNK):
-                    yield _normalised(shard.embeddings[start : start + _ADD_CHUNK])
+                    yield offset + start, functools.partial(_normalised_slice, shard.embeddings, start)
+                offset += len(shard.ids)
             return
         assert self.array is not None
         for start in range(0, self.count, _ADD_CHUNK):
-            yield _normalised(self.array[start : start + _ADD_CHUNK])
+            yield start, functools.partial(_normalised_slice, self.array, start)
 
     def sample(self, size: int, seed: int) -> npt.NDArray[np.float32]:
         """``size`` distinct rows drawn uniformly (sorted, for sequential reads), normalised."""
@@ -485,7 +498,8 @@ def build_index(
     rows are then added in blocks of 65,536, so indexing a store never holds more than one block in float32
     beyond the index itself. With ``config.on_disk`` each block goes into a part file under ``directory`` and the
     parts are merged into ``directory/index.ivfdata`` (resumable: a rerun with the same config and rows keeps the
-    trained index and the parts already written); the index is then saved in ``directory``.
+    trained index and the parts already written); the index is then saved in ``directory``. Under ``torchrun`` the
+    parts are split across ranks (rank 0 trains and merges; ``directory`` on a file system all ranks see).
 
     Args:
         source: An :class:`~seg_retrieval.store.EmbeddingStore` or ``[N, D]`` float vectors.
@@ -545,8 +559,11 @@ def build_index(
     )
     if config.on_disk:
         assert directory is not None
-        built.save(directory)
-        shutil.rmtree(Path(directory) / _PARTS_DIR, ignore_errors=True)
+        rank, _, barrier = _distributed()
+        if rank == 0:
+            built.save(directory)
+            shutil.rmtree(Path(directory) / _PARTS_DIR, ignore_errors=True)
+        barrier()
     return built
 
 
@@ -569,38 +586,45 @@ def _build_on_disk(
     """Train, add block by block into part files, and merge the parts' lists into ``directory/index.ivfdata``.
 
     Resuming is safe against changed inputs: the trained index is reused only for the same config, ids and training
-    sample, and a part only when the digest of its block's rows is the one it was written from.
+    sample, and a part only when the digest of its block's rows is the one it was written from. Under
+    ``torch.distributed`` (``torchrun``) rank 0 trains, every rank builds the parts ``rank, rank + world, ...``
+    (``directory`` must be on a file system all ranks see), and rank 0 merges; every rank returns the index.
     """
     from faiss.contrib.ondisk import merge_ondisk
 
+    rank, world_size, barrier = _distributed()
     parts = directory / _PARTS_DIR
-    parts.mkdir(parents=True, exist_ok=True)
-    assert config.train_size is not None
-    sample = rows.sample(config.train_size, config.seed)
-    plan = {
-        "config": config.model_dump(mode="json", exclude={"nprobe", "ef_search", "device"}),
-        "count": rows.count,
-        "dim": rows.dim,
-        "ids": _digest(*(image_id.encode("utf-8") + b"\0" for image_id in rows.ids)),
-        "sample": _digest(sample.tobytes()),
-    }
-    plan_file = parts / "plan.json"
-    if plan_file.is_file() and json.loads(plan_file.read_text(encoding="utf-8")) != plan:
-        shutil.rmtree(parts)  # another config or other rows: nothing written before is valid for this build
-        parts.mkdir(parents=True)
-    _write_text(plan_file, json.dumps(plan, sort_keys=True))
     trained_file = parts / "trained.faiss"
-    if trained_file.is_file():
-        trained = faiss.read_index(str(trained_file))
-    else:
-        trained = _empty_index(config, rows.dim)
-        trained.train(sample)
-        _write_index(trained, trained_file)
-    del sample
+    if rank == 0:
+        parts.mkdir(parents=True, exist_ok=True)
+        assert config.train_size is not None
+        sample = rows.sample(config.train_size, config.seed)
+        plan = {
+            "config": config.model_dump(mode="json", exclude={"nprobe", "ef_search", "device"}),
+            "count": rows.count,
+            "dim": rows.dim,
+            "ids": _digest(*(image_id.encode("utf-8") + b"\0" for image_id in rows.ids)),
+            "sample": _digest(sample.tobytes()),
+        }
+        plan_file = parts / "plan.json"
+        if plan_file.is_file() and json.loads(plan_file.read_text(encoding="utf-8")) != plan:
+            shutil.rmtree(parts)  # another config or other rows: nothing written before is valid for this build
+            parts.mkdir(parents=True)
+        _write_text(plan_file, json.dumps(plan, sort_keys=True))
+        if not trained_file.is_file():
+            trained = _empty_index(config, rows.dim)
+            trained.train(sample)
+            _write_index(trained, trained_file)
+        del sample
+    barrier()
+    trained = faiss.read_index(str(trained_file))
     part_files: list[str] = []
-    start = 0
-    for number, block in enumerate(rows.chunks()):
+    for number, (start, read) in enumerate(rows.blocks()):
         part_file = parts / f"part-{number:05d}.faiss"
+        part_files.append(str(part_file))
+        if number % world_size != rank:
+            continue
+        block = read()
         digest_file = part_file.with_suffix(".digest")
         digest = _digest(block.tobytes())
         done = part_file.is_file() and digest_file.is_file() and digest_file.read_text(encoding="utf-8") == digest
@@ -609,15 +633,30 @@ def _build_on_disk(
             part.add_with_ids(block, np.arange(start, start + block.shape[0], dtype=np.int64))
             _write_index(part, part_file)
             _write_text(digest_file, digest)
-        part_files.append(str(part_file))
-        start += block.shape[0]
         if progress is not None:
-            progress(start, rows.count)
-    merged = faiss.read_index(str(trained_file))
+            progress(min(start + block.shape[0], rows.count), rows.count)
+    barrier()
     ivfdata = directory / INDEX_IVFDATA_FILE
-    ivfdata.unlink(missing_ok=True)  # merge_ondisk appends to an existing file
-    merge_ondisk(merged, part_files, str(ivfdata))
-    return merged
+    if rank == 0:
+        merged = trained
+        ivfdata.unlink(missing_ok=True)  # merge_ondisk appends to an existing file
+        merge_ondisk(merged, part_files, str(ivfdata))
+        _write_index(merged, directory / INDEX_FILE)
+    barrier()
+    if rank == 0:
+        return merged
+    return faiss.read_index(str(directory / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
+
+
+def _distributed() -> tuple[int, int, Callable[[], None]]:
+    """``(rank, world size, barrier)`` of the ``torch.distributed`` process group, or ``(0, 1, no-op)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        from seg_retrieval.store import _distributed_barrier
+
+        return dist.get_rank(), dist.get_world_size(), _distributed_barrier
+    return 0, 1, lambda: None
 
 
 def _digest(*chunks: bytes) -> str:
