@@ -1,11 +1,14 @@
 """ReCLIP++ on a tiny random open_clip ViT: the reference prompt against open_clip's own encode_text, the bias logit
 map and the decoder by hand, rectification variants, frozen CLIP under training, the segmenter's class-set check and
-permutation, the student's inherited frozen head, and save/load."""
+permutation, test-time class pruning (against hand values and a naive loop), the student's inherited frozen head, and
+save/load."""
 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -24,7 +27,9 @@ from seg_core import (
     BackgroundThreshold,
     ConceptSet,
     ConfigError,
+    ProtocolPreset,
     Segmenter,
+    SlidingWindow,
 )
 from seg_models.clip import ClipModel, load_clip, register_model_config
 from seg_models.deeplab import DeepLabConfig
@@ -37,6 +42,7 @@ from seg_models.reclip import (
     ReferencePrompt,
     load_reclip,
     load_reclip_student,
+    prune_classes,
     read_reclip_info,
     save_reclip,
     save_reclip_student,
@@ -368,6 +374,162 @@ def test_segmenter_background_policies(clip: ClipModel) -> None:
     probabilities = scores.softmax(dim=1)
     expected = torch.where(probabilities.amax(dim=1) < 0.5, 0, probabilities.argmax(dim=1) + 1)
     assert torch.equal(thresholded.label_map, expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Test-time class pruning (official TEST.PD)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _naive_prune(logits: Tensor, threshold: float, scale: float) -> Tensor:
+    """Element by element with math.exp: [B, C, H, W] -> the same with pruned classes at -100."""
+    batch, classes, height, width = logits.shape
+    values = logits.tolist()
+    out = copy.deepcopy(values)
+    for b in range(batch):
+        best = [0.0] * classes
+        for y in range(height):
+            for x in range(width):
+                column = [scale * values[b][c][y][x] for c in range(classes)]
+                top = max(column)
+                exps = [math.exp(v - top) for v in column]
+                for c in range(classes):
+                    best[c] = max(best[c], exps[c] / sum(exps))
+        for c in range(classes):
+            if best[c] < threshold:
+                out[b][c] = [[-100.0] * width for _ in range(height)]
+    return torch.tensor(out, dtype=logits.dtype)
+
+
+def test_prune_classes_hand_values() -> None:
+    # Two pixels; class 2 at -10 (pixel 0) or class 1 at -10 (pixel 1) takes no mass at scale 10, so the other two
+    # are a two-class softmax: sigmoid(10 * 0.001) = 0.5025 and sigmoid(-0.01) = 0.4975.
+    logits = torch.tensor([[[0.0, 0.0]], [[-0.001, -10.0]], [[-10.0, 0.001]]])  # [C=3, H=1, W=2]
+    pruned = prune_classes(logits, 0.5)
+    # class 0: max(0.5025, 0.4975) kept; class 1: 0.4975 (just below) pruned; class 2: 0.5025 (just above) kept
+    expected = torch.tensor([[[0.0, 0.0]], [[-100.0, -100.0]], [[-10.0, 0.001]]])
+    assert torch.equal(pruned, expected)
+    assert torch.equal(logits[1], torch.tensor([[-0.001, -10.0]]))  # the input is not modified
+    # at scale 100 (ReCLIP v1) class 1's best probability is sigmoid(-0.1) = 0.475: still pruned at 0.48, kept at 0.47
+    assert torch.equal(prune_classes(logits, 0.48, scale=100.0)[1], torch.full((1, 2), -100.0))
+    assert torch.equal(prune_classes(logits, 0.47, scale=100.0), logits)
+    # a class exactly at the threshold is kept (strict <): two equal logits give exactly 0.5
+    assert torch.equal(prune_classes(torch.zeros(2, 2, 2), 0.5), torch.zeros(2, 2, 2))
+    # threshold 1.0 (the official VOC setting) keeps a class only where its float32 probability is exactly 1
+    saturated = torch.tensor([[[0.0]], [[-10.0]]])  # softmax(10 x) = (1 / (1 + e^-100), ...) = (1.0, 3.7e-44)
+    assert torch.equal(prune_classes(saturated, 1.0), torch.tensor([[[0.0]], [[-100.0]]]))
+    assert torch.equal(prune_classes(torch.tensor([[[0.0]], [[-1.0]]]), 1.0), torch.full((2, 1, 1), -100.0))
+
+
+def test_prune_classes_against_a_naive_loop_and_per_image() -> None:
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 4, 3, 5, generator=generator) * 0.3
+    best = torch.softmax(10 * logits, dim=1).flatten(2).amax(dim=2)
+    ordered = sorted(best.flatten().tolist())
+    # thresholds between consecutive best probabilities (away from float rounding), below all and above all: 0 to 8
+    # classes pruned over the two images
+    middles = [(a + b) / 2 for a, b in itertools.pairwise(ordered)]
+    assert min(b - a for a, b in itertools.pairwise(ordered)) > 1e-4
+    counts = []
+    for threshold in (ordered[0] / 2, *middles, (ordered[-1] + 1) / 2):
+        pruned = prune_classes(logits, threshold)
+        torch.testing.assert_close(pruned, _naive_prune(logits, threshold, 10.0), atol=0, rtol=0)
+        counts.append(int((pruned[:, :, 0, 0] == -100).sum()))
+    assert counts == list(range(9))
+    # a threshold between the two images' best probabilities of class 0 prunes it in one image only
+    low, high = sorted(best[:, 0].tolist())
+    assert low < high
+    middle = (low + high) / 2
+    pruned = prune_classes(logits, middle)
+    pruned_images = [bool((pruned[b, 0] == -100).all()) for b in range(2)]
+    assert sorted(pruned_images) == [False, True]
+    # batched equals image by image; a [C, H, W] tensor is one image
+    for b in range(2):
+        assert torch.equal(pruned[b], prune_classes(logits[b], middle))
+    # float16 input: float16 output, probabilities computed in float32
+    half = prune_classes(logits.half(), middle)
+    assert half.dtype == torch.float16
+    assert torch.equal(half == -100, prune_classes(logits.half().float(), middle) == -100)
+
+
+@pytest.mark.parametrize("threshold", [0.0, -0.1, 1.5, float("nan"), float("inf"), True])
+def test_prune_classes_refuses_bad_thresholds(threshold: float) -> None:
+    with pytest.raises(ValueError, match=r"threshold must be a probability in \(0, 1\]"):
+        prune_classes(torch.zeros(2, 1, 1), threshold)
+
+
+def test_prune_classes_refuses_bad_scales_and_shapes() -> None:
+    for scale in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="scale must be a positive finite number"):
+            prune_classes(torch.zeros(2, 1, 1), 0.5, scale=scale)
+    for shape in ((2, 3), (1, 1, 2, 3, 3), (0, 2, 2), (2, 0, 3)):
+        with pytest.raises(ValueError, match=r"logits must be \[B, C, H, W\] or \[C, H, W\]"):
+            prune_classes(torch.zeros(shape), 0.5)
+
+
+def _grid_logits(rectifier: ReCLIPRectifier, pixels: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
+    rectifier.eval()
+    normalization = rectifier.normalization
+    mean = torch.tensor(normalization.mean).reshape(1, 3, 1, 1)
+    std = torch.tensor(normalization.std).reshape(1, 3, 1, 1)
+    with torch.no_grad():
+        logits: Tensor = rectifier(F.pad((pixels - mean) / std, pad)).logits
+    return logits
+
+
+def test_segmenter_class_pruning_on_the_grid_before_upsampling(clip: ClipModel) -> None:
+    rectifier = _rectifier(clip)
+    pixels = _pixels(batch=2, height=30, width=36)  # padded to 32 x 40: a 4 x 5 grid
+    grid = _grid_logits(rectifier, pixels, (0, 4, 0, 2))
+    off = ReCLIPSegmenter(rectifier).segment(pixels, ConceptSet(names=NAMES)).logits
+    unpruned = ReCLIPSegmenter(rectifier, class_pruning=None).segment(pixels, ConceptSet(names=NAMES)).logits
+    assert torch.equal(unpruned, off)  # pruning off is the old output
+    upsampled = F.interpolate(grid, size=(32, 40), mode="bilinear", align_corners=False)[..., :30, :36]
+    torch.testing.assert_close(off, upsampled, atol=1e-5, rtol=1e-5)
+
+    best = torch.softmax(10 * grid, dim=1).flatten(2).amax(dim=2)  # [2, 3]
+    threshold = float(best[0].min() + best[0].max()) / 2  # image 0: at least one class pruned, one kept
+    segmenter = ReCLIPSegmenter(rectifier, class_pruning=threshold)
+    output = segmenter.segment(pixels, ConceptSet(names=NAMES)).logits
+    naive = _naive_prune(grid, threshold, 10.0)
+    assert 0 < int((naive[0, :, 0, 0] == -100).sum()) < 3
+    expected = F.interpolate(naive, size=(32, 40), mode="bilinear", align_corners=False)[..., :30, :36]
+    torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(output, off)
+    # the permuted class order prunes the same classes
+    permuted = segmenter.segment(pixels, ConceptSet(names=("sky", "dog", LONG_NAME))).logits
+    torch.testing.assert_close(permuted, output[:, [2, 0, 1]], atol=0, rtol=0)
+
+    segmenter.class_pruning = None  # the property turns it off again
+    assert torch.equal(segmenter.segment(pixels, ConceptSet(names=NAMES)).logits, off)
+
+
+def test_segmenter_class_pruning_after_stitching_under_sliding_windows(clip: ClipModel) -> None:
+    rectifier = _rectifier(clip)
+    pixels = _pixels(batch=1, height=32, width=48)
+    preset = ProtocolPreset(
+        name="slide", mode="slide", window=SlidingWindow(crop=32, stride=16), normalization=clip.normalization
+    )
+    off = ReCLIPSegmenter(rectifier, preset).segment(pixels, ConceptSet(names=NAMES)).logits
+    best = torch.softmax(10 * off, dim=1).flatten(2).amax(dim=2)[0]
+    threshold = float(best.min() + best.max()) / 2
+    output = ReCLIPSegmenter(rectifier, preset, class_pruning=threshold).segment(pixels, ConceptSet(names=NAMES))
+    expected = _naive_prune(off, threshold, 10.0)
+    assert 0 < int((expected[0, :, 0, 0] == -100).sum()) < 3
+    torch.testing.assert_close(output.logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_segmenter_refuses_bad_class_pruning(clip: ClipModel) -> None:
+    rectifier = _rectifier(clip)
+    for value in (0.0, 1.01, -0.5, float("nan")):
+        with pytest.raises(ValueError, match=r"class_pruning must be a probability in \(0, 1\]"):
+            ReCLIPSegmenter(rectifier, class_pruning=value)
+    segmenter = ReCLIPSegmenter(rectifier)
+    with pytest.raises(ValueError, match=r"class_pruning must be a probability .* got 2"):
+        segmenter.class_pruning = 2
+    assert segmenter.class_pruning is None
+    with pytest.raises(ValueError, match="class_pruning_scale must be a positive finite number"):
+        ReCLIPSegmenter(rectifier, class_pruning=0.5, class_pruning_scale=0.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

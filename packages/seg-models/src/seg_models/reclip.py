@@ -42,7 +42,11 @@ Divergences from the official code (dogehhh/ReCLIP), where this module follows t
   :mod:`seg_models.deeplab`, whose head output (``num_classes`` channels, stride 4) a 1x1 conv projects to ``D``.
   The inherited bias logit map is the teacher's bias *function* evaluated on the student's grid (the positional
   embedding interpolated bicubically to that grid, then the teacher's ``pe_proj`` and reference features).
-- *Test-time class pruning* (the official ``TEST.PD``) is not implemented.
+- *Test-time class pruning* (the official ``TEST.PD``, tools/test.py; not in the paper) is an option of the segmenter,
+  off by default (:func:`prune_classes`, ``ReCLIPSegmenter(class_pruning=...)``): per image, a class whose largest
+  probability over the pixels of ``softmax(10 * M_o)`` (softmax over classes) is below the threshold gets the logit
+  -100 everywhere. As the official code, it runs on ``M_o`` at the feature grid, before upsampling (whole-image
+  inference); under a sliding-window preset it runs once on the stitched logits instead of per window.
 
 Contents, in order: the config; the reference prompt; the shared head (positional features, bias, rectification,
 decoder); the rectifier; the student; the segmenter; saving and loading (``reclip.json`` + ``model.safetensors``).
@@ -51,6 +55,7 @@ decoder); the rectifier; the student; the segmenter; saving and loading (``recli
 from __future__ import annotations
 
 import json
+import math
 import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -109,6 +114,7 @@ __all__ = [
     "load_reclip",
     "load_reclip_student",
     "positional_features",
+    "prune_classes",
     "read_reclip_info",
     "rectify_logits",
     "save_reclip",
@@ -120,6 +126,8 @@ RECLIP_FILE = "reclip.json"
 WEIGHTS_FILE_NAME = "model.safetensors"
 
 BiasMode = Literal["subtract", "add", "none"]
+_PRUNED_LOGIT = -100.0
+"""The logit a pruned class gets everywhere (official tools/test.py)."""
 _TRAIN_HINT = "train one with `seg train reclip`"
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -511,6 +519,60 @@ def rectify_logits(query: Tensor, bias: Tensor, mode: BiasMode = "subtract") -> 
     if mode == "none":
         return query
     raise ValueError(f"mode must be 'subtract', 'add' or 'none', got {mode!r}")
+
+
+def _check_pruning_threshold(value: object, name: str) -> float:
+    """``value`` as a float in (0, 1], or a ValueError naming ``name``, the value and the official settings."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < float(value) <= 1.0:
+        raise ValueError(
+            f"{name} must be a probability in (0, 1] (a class whose largest probability over the image is below it "
+            f"is pruned; the official TEST.PD is 1.0 on VOC, 0.85 on Context, 0.5 on ADE and Cityscapes, 0.95 on "
+            f"COCO-Stuff), got {value!r}"
+        )
+    return float(value)
+
+
+def _check_pruning_scale(value: object, name: str) -> float:
+    """``value`` as a positive finite float, or a ValueError naming ``name`` and the value."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number (10 for ReCLIP++, 100 for ReCLIP v1), got {value!r}")
+    return float(value)
+
+
+def prune_classes(logits: Tensor, threshold: float, scale: float = 10.0) -> Tensor:
+    """Test-time class pruning (the official ``TEST.PD`` of ReCLIP++, tools/test.py; not in the paper).
+
+    Per image, the probabilities ``softmax(scale * logits)`` over the classes are taken at every pixel; a class whose
+    largest probability over the pixels is below ``threshold`` gets the logit -100 at every pixel. Classes are
+    treated alike (a background channel, if the logits have one, is pruned like any other class, as in the official
+    code). A class exactly at the threshold is kept; with ``threshold=1.0`` (the official VOC setting) only classes
+    whose probability rounds to exactly 1 somewhere are kept. If every class of an image is pruned, all its logits
+    are -100 (as the official code).
+
+    Args:
+        logits: ``[B, C, H, W]`` or ``[C, H, W]`` class logits (ReCLIP++: ``M_o``, before upsampling).
+        threshold: The probability in (0, 1] a class must reach somewhere in the image to be kept.
+        scale: Multiplies the logits inside the softmax: 10 for ReCLIP++ (official), 100 for ReCLIP v1.
+
+    Returns:
+        A new tensor of the shape and dtype of ``logits``, the pruned classes' logits set to -100. The softmax is
+        computed in float32 at least.
+
+    Raises:
+        ValueError: ``threshold`` outside (0, 1], ``scale`` not a positive finite number, or ``logits`` not
+            ``[B, C, H, W]`` / ``[C, H, W]`` with at least one class and one pixel.
+    """
+    threshold = _check_pruning_threshold(threshold, "threshold")
+    scale = _check_pruning_scale(scale, "scale")
+    if logits.ndim not in (3, 4) or logits.shape[-3] == 0 or logits.shape[-2] * logits.shape[-1] == 0:
+        raise ValueError(
+            f"logits must be [B, C, H, W] or [C, H, W] with C, H and W at least 1, got shape {tuple(logits.shape)}"
+        )
+    batched = logits if logits.ndim == 4 else logits.unsqueeze(0)
+    compute = batched if batched.dtype in (torch.float32, torch.float64) else batched.float()
+    best = torch.softmax(scale * compute, dim=1).flatten(2).amax(dim=2)  # [B, C]
+    pruned = batched.masked_fill((best < threshold)[:, :, None, None], _PRUNED_LOGIT)
+    return pruned if logits.ndim == 4 else pruned.squeeze(0)
 
 
 def _make_decoder(embed_dim: int, num_classes: int, kernel: int) -> nn.Sequential:
@@ -928,14 +990,28 @@ class ReCLIPSegmenter:
     Inference: the preset's resize rule, whole or sliding-window; each pass zero-pads (normalised space) the input to
     :attr:`pad_multiple`, upsamples the logits to the padded size and cuts the padding.
 
+    Test-time class pruning (the official ``TEST.PD``; off by default): with ``class_pruning`` set, a class whose
+    largest probability over the image of ``softmax(class_pruning_scale * M_o)`` is below it gets the logit -100
+    everywhere (:func:`prune_classes`). Under whole-image inference it runs on ``M_o`` at the feature grid of the
+    padded input, before upsampling, as the official tools/test.py; under a sliding-window preset it runs once per
+    image on the stitched logits (pruning each window would push a class down in the overlaps of the windows that
+    do not see it). It acts on the model's classes before any background policy: a trained ``"background"`` class
+    is pruned like any other (the official code has no special case); the background channel of a
+    :class:`seg_core.BackgroundThreshold` policy is built afterwards from the remaining classes.
+
     Args:
         model: The rectifier or the student.
         preset: Resize rule, mode, normalisation, logit scale, refinement; ``None``: whole image at input size with
             the model's normalisation (the CLIP's for a rectifier: ReCLIP++ feeds CLIP its own mean/std).
         refiner: A :class:`seg_core.MaskRefiner`; ``None`` takes the preset's ``refinement``.
+        class_pruning: The pruning threshold in (0, 1] (official: VOC 1.0, Context 0.85, ADE 0.5, Cityscapes 0.5,
+            COCO-Stuff 0.95); ``None`` (default) turns pruning off.
+        class_pruning_scale: The factor on ``M_o`` inside the pruning softmax: 10 (ReCLIP++, official), 100 for
+            ReCLIP v1.
 
     Attributes:
-        model, preset, refiner: As given (resolved).
+        model, preset, refiner, class_pruning, class_pruning_scale: As given (resolved; the last two are checked
+            when set).
     """
 
     def __init__(
@@ -943,6 +1019,9 @@ class ReCLIPSegmenter:
         model: ReCLIPRectifier | ReCLIPStudent,
         preset: ProtocolPreset | None = None,
         refiner: MaskRefiner | None = None,
+        *,
+        class_pruning: float | None = None,
+        class_pruning_scale: float = 10.0,
     ) -> None:
         if not isinstance(model, ReCLIPRectifier | ReCLIPStudent):
             raise TypeError(f"model must be a ReCLIPRectifier or ReCLIPStudent, got {type(model).__name__}")
@@ -951,6 +1030,26 @@ class ReCLIPSegmenter:
             preset if preset is not None else ProtocolPreset(name="reclip-whole", normalization=model.normalization)
         )
         self.refiner = refiner if refiner is not None else make_refiner(self.preset.refinement)
+        self.class_pruning = class_pruning
+        self.class_pruning_scale = class_pruning_scale
+
+    @property
+    def class_pruning(self) -> float | None:
+        """The test-time class-pruning threshold in (0, 1], or ``None`` (off)."""
+        return self._class_pruning
+
+    @class_pruning.setter
+    def class_pruning(self, value: float | None) -> None:
+        self._class_pruning = None if value is None else _check_pruning_threshold(value, "class_pruning")
+
+    @property
+    def class_pruning_scale(self) -> float:
+        """The factor on ``M_o`` inside the pruning softmax (10 for ReCLIP++)."""
+        return self._class_pruning_scale
+
+    @class_pruning_scale.setter
+    def class_pruning_scale(self, value: float) -> None:
+        self._class_pruning_scale = _check_pruning_scale(value, "class_pruning_scale")
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -1001,15 +1100,23 @@ class ReCLIPSegmenter:
     def logit_maps(self, images: Tensor) -> Tensor:
         """``M_o`` of normalised images at their resolution, all trained classes in the model's order.
 
+        With :attr:`class_pruning` set, each image's classes are pruned on the feature grid before upsampling (see
+        the class docstring).
+
         Args:
             images: ``[B, 3, H, W]`` normalised images.
 
         Returns:
             ``[B, C, H, W]`` float32.
         """
+        return self._logit_maps(images, prune=True)
+
+    def _logit_maps(self, images: Tensor, *, prune: bool) -> Tensor:
         height, width = int(images.shape[-2]), int(images.shape[-1])
         padded = pad_to_multiple(images, self.model.pad_multiple)
         logits = self.model(padded).logits.float()
+        if prune and self.class_pruning is not None:
+            logits = prune_classes(logits, self.class_pruning, self.class_pruning_scale)
         upsampled = resize_logits(logits, (int(padded.shape[-2]), int(padded.shape[-1])))
         return upsampled[..., :height, :width]
 
@@ -1031,7 +1138,12 @@ class ReCLIPSegmenter:
         normalization = self.preset.normalization
         normalized = normalize_images(images, normalization.mean, normalization.std)
         index = torch.tensor(channels, device=images.device)
-        logits = infer(lambda batch: self.logit_maps(batch).index_select(1, index), normalized, self.preset)
+        per_pass = self.preset.mode == "whole"  # one pass per image: prune on the grid, as the official code
+        logits = infer(
+            lambda batch: self._logit_maps(batch, prune=per_pass).index_select(1, index), normalized, self.preset
+        )
+        if self.class_pruning is not None and not per_pass:  # sliding windows: once, on the stitched logits
+            logits = prune_classes(logits, self.class_pruning, self.class_pruning_scale)
         if concepts.background.kind == "threshold":
             # M_o is not a cosine: threshold the softmax over the asked classes (as ClosedSetSegmenter).
             threshold = concepts.background.model_copy(update={"score": "probability"})
