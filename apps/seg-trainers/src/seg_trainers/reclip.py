@@ -77,7 +77,7 @@ from seg_models.reclip import (
     save_reclip_student,
 )
 from seg_retrieval.hypotheses import multi_label_hypotheses, whole_image_hypotheses
-from seg_train import StepOutput, Trainer, TrainResult, build_optimizer
+from seg_train import StepOutput, Trainer, TrainResult, barrier, build_optimizer, init_distributed
 from seg_train.augment import SegAugmentConfig, augment_pair
 from seg_trainers.reco import WORLD_CLASS_NAMES
 
@@ -519,34 +519,36 @@ def _hypotheses_stage(
     *,
     clip_source: str,
     progress: Progress | None,
+    main: bool = True,
 ) -> HypothesisSet:
+    """Compute and cache the hypotheses (on rank 0 only, when ``main``), then read them back on every rank."""
     path = out / HYPOTHESES_FILE
     settings = {**recipe.hypothesis_settings(), "clip": clip_source}
-    if path.is_file():
-        cached = HypothesisSet.load(path)
-        changed = sorted(key for key in settings if cached.settings.get(key) != settings[key])
-        if changed:
-            raise ConfigError(
-                f"{', '.join(changed)}: {path} holds hypotheses made with other settings ({changed}); delete it (and "
-                "the stages after it) or use another run folder"
-            )
-        return cached
-    names = recipe.resolved_class_names()
-    text = query_embeddings(clip, names, recipe.templates)
-    labels, scores = compute_hypotheses(
-        recipe,
-        clip,
-        images,
-        text,
-        progress=None if progress is None else (lambda done, total: progress("hypotheses", done, total)),
-    )
-    hypotheses = HypothesisSet(
-        labels=labels, scores=scores, settings=settings, stats=hypothesis_stats(labels, present, names)
-    )
-    hypotheses.save(path)
-    summary = {"settings": settings, "stats": hypotheses.stats}
-    (out / "hypotheses.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return hypotheses
+    if main and not path.is_file():
+        names = recipe.resolved_class_names()
+        text = query_embeddings(clip, names, recipe.templates)
+        labels, scores = compute_hypotheses(
+            recipe,
+            clip,
+            images,
+            text,
+            progress=None if progress is None else (lambda done, total: progress("hypotheses", done, total)),
+        )
+        hypotheses = HypothesisSet(
+            labels=labels, scores=scores, settings=settings, stats=hypothesis_stats(labels, present, names)
+        )
+        hypotheses.save(path)
+        summary = {"settings": settings, "stats": hypotheses.stats}
+        (out / "hypotheses.json").write_text(json.dumps(summary, indent=2) + "\n")
+    barrier()  # under torchrun the other ranks wait for rank 0's file
+    cached = HypothesisSet.load(path)
+    changed = sorted(key for key in settings if cached.settings.get(key) != settings[key])
+    if changed:
+        raise ConfigError(
+            f"{', '.join(changed)}: {path} holds hypotheses made with other settings ({changed}); delete it (and "
+            "the stages after it) or use another run folder"
+        )
+    return cached
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -560,15 +562,18 @@ class TrainingBatches:
     Each batch is a dict of tensors: ``pixels`` ``[B, 3, h, w]`` augmented RGB in [0, 1] (each step normalises them
     for its network), ``hypotheses`` ``[B, C]`` bool, ``noise_seed`` (a 0-d int64, the seed of the batch's Gumbel
     noise) and, with pseudo-labels, ``labels`` ``[B, h, w]`` int64 (``augment.ignore_index`` on padding). A batch
-    depends on its index only, so a resumed run sees the batches of an uninterrupted one.
+    depends on its index only, so a resumed run sees the batches of an uninterrupted one. Under ``torchrun`` the
+    ``i``-th batch of rank ``r`` (of ``world_size``) is batch ``i * world_size + r``: the ranks split one sequence.
 
     Args:
         images: ``[N, 3, H, W]`` uint8 RGB.
         hypotheses: ``[N, C]`` bool.
         augment: The augmentation.
-        batch_size: Images per batch.
+        batch_size: Images per batch (per rank).
         seed: The stage's training seed.
         labels: ``[N, H, W]`` uint8 pseudo-labels (distillation), or ``None``.
+        rank: This process's rank (0 in one process).
+        world_size: Number of processes (1 in one process).
     """
 
     def __init__(
@@ -580,7 +585,11 @@ class TrainingBatches:
         batch_size: int,
         seed: int,
         labels: Tensor | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size) with world_size >= 1, got rank={rank}, {world_size=}")
         if images.ndim != 4 or images.dtype != torch.uint8 or images.shape[0] < 1:
             raise ValueError(f"images must be [N, 3, H, W] uint8 with N >= 1, got {tuple(images.shape)} {images.dtype}")
         if hypotheses.shape[0] != images.shape[0] or hypotheses.dtype != torch.bool:
@@ -598,6 +607,8 @@ class TrainingBatches:
         self.batch_size = batch_size
         self.seed = seed
         self.labels = labels
+        self.rank = rank
+        self.world_size = world_size
 
     def batch(self, index: int) -> dict[str, Tensor]:
         """Batch ``index`` (the same tensors every time)."""
@@ -617,10 +628,10 @@ class TrainingBatches:
         return batch
 
     def __call__(self, start_batch: int) -> Iterator[dict[str, Tensor]]:
-        """The batches from ``start_batch`` on, endlessly (a :data:`seg_train.BatchesFactory`)."""
+        """This rank's batches from its ``start_batch``-th on, endlessly (a :data:`seg_train.BatchesFactory`)."""
         index = start_batch
         while True:
-            yield self.batch(index)
+            yield self.batch(index * self.world_size + self.rank)
             index += 1
 
 
@@ -782,7 +793,16 @@ def make_pseudo_labels(
 
 
 def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """SHA-256 of a safetensors file with its JSON header in canonical form (sorted keys).
+
+    The file's own bytes are not a stable fingerprint: safetensors writes the ``__metadata__`` map in no fixed
+    order, so the same weights saved by two processes can differ in the header.
+    """
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical + raw[8 + size :]).hexdigest()
 
 
 def _pseudo_label_stage(
@@ -793,32 +813,36 @@ def _pseudo_label_stage(
     *,
     batch_size: int,
     progress: Progress | None,
+    main: bool = True,
 ) -> Tensor:
+    """Compute and cache the pseudo-labels (on rank 0 only, when ``main``), then read them back on every rank."""
     path = out / PSEUDO_LABELS_FILE
-    digest = _digest(rectifier_dir / "model.safetensors")
-    if path.is_file():
-        with np.load(path) as data:
-            labels = torch.from_numpy(data["labels"])
-            names = tuple(str(name) for name in data["class_names"])
-            made_by = str(data["rectifier_sha256"])
-        if made_by != digest or names != teacher.class_names or labels.shape[0] != images.shape[0]:
-            raise ConfigError(
-                f"{path} was made by another rectifier or for other images (its classes {list(names)}, "
-                f"{labels.shape[0]} images); delete it and {out / 'distill'} (or use another run folder) to distill "
-                "the current rectifier"
-            )
-        return labels
-    labels = make_pseudo_labels(
-        teacher,
-        images,
-        batch_size=batch_size,
-        progress=None if progress is None else (lambda done, total: progress("pseudo-label", done, total)),
-    )
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez_compressed(
-        tmp, labels=labels.numpy(), class_names=np.array(teacher.class_names), rectifier_sha256=np.array(digest)
-    )
-    tmp.replace(path)
+    weights = rectifier_dir / "model.safetensors"
+    digest = _digest(weights)
+    if main and not path.is_file():
+        labels = make_pseudo_labels(
+            teacher,
+            images,
+            batch_size=batch_size,
+            progress=None if progress is None else (lambda done, total: progress("pseudo-label", done, total)),
+        )
+        tmp = path.with_name(f".{path.stem}.tmp.npz")
+        np.savez_compressed(
+            tmp, labels=labels.numpy(), class_names=np.array(teacher.class_names), rectifier_sha256=np.array(digest)
+        )
+        tmp.replace(path)
+    barrier()  # under torchrun the other ranks wait for rank 0's file
+    with np.load(path) as data:
+        labels = torch.from_numpy(data["labels"])
+        names = tuple(str(name) for name in data["class_names"])
+        made_by = str(data["rectifier_sha256"])
+    known = (digest, hashlib.sha256(weights.read_bytes()).hexdigest())  # the second: files of earlier versions
+    if made_by not in known or names != teacher.class_names or labels.shape[0] != images.shape[0]:
+        raise ConfigError(
+            f"{path} was made by another rectifier or for other images (its classes {list(names)}, "
+            f"{labels.shape[0]} images); delete it and {out / 'distill'} (or use another run folder) to distill "
+            "the current rectifier"
+        )
     return labels
 
 
@@ -891,6 +915,11 @@ def train_reclip(
     pseudo-labels (refusing them, with a :class:`ConfigError` naming the fields, when the recipe changed what they
     depend on) and, with ``resume=True``, continues each stage from its newest checkpoint.
 
+    Under ``torchrun`` every process calls it alike: both stages train data-parallel, each rank on its own batches
+    (:class:`TrainingBatches`); rank 0 alone computes the hypotheses and pseudo-labels and writes every file
+    (caches, checkpoints, exports) while the others wait at a barrier and read what it wrote, and every rank returns
+    the same folders.
+
     Args:
         recipe: The settings.
         clip: The loaded CLIP (``recipe.clip`` resolved by the caller). It is frozen (``requires_grad=False``) and
@@ -913,9 +942,15 @@ def train_reclip(
         raise ConfigError("distill: the recipe turns distillation off, so stages=('distill',) has nothing to run")
     names = recipe.resolved_class_names()
     config = recipe.reclip_config()
+    # Under torchrun: join the process group now (the Trainer would later), gloo for a CPU run even where CUDA is.
+    context = init_distributed("gloo" if torch.device(device).type == "cpu" else None)
+    main = context.is_main
+    if not main:
+        progress = None  # rank 0 reports, as the Trainer's log lines
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    recipe.save(out / "recipe.yaml")
+    if main:
+        recipe.save(out / "recipe.yaml")
     clip.requires_grad_(False)
     clip.to(device).eval()
     seconds: dict[str, float] = {}
@@ -930,7 +965,9 @@ def train_reclip(
     )
     seconds["render"] = time.perf_counter() - start
     start = time.perf_counter()
-    hypotheses = _hypotheses_stage(recipe, clip, images, present, out, clip_source=clip_source, progress=progress)
+    hypotheses = _hypotheses_stage(
+        recipe, clip, images, present, out, clip_source=clip_source, progress=progress, main=main
+    )
     del present  # ground truth: the diagnostic above is its only use
     seconds["hypotheses"] = time.perf_counter() - start
     text = query_embeddings(clip, names, recipe.templates)
@@ -952,6 +989,8 @@ def train_reclip(
             recipe.augment,
             batch_size=recipe.rectify_batch_size,
             seed=recipe.rectify_train.seed,
+            rank=context.rank,
+            world_size=context.world_size,
         )
         step = rectify_step(
             text, config, rectifier.normalization, tau=recipe.tau, pooling=recipe.pooling, similarity=recipe.similarity
@@ -962,21 +1001,23 @@ def train_reclip(
         rectify_result = trainer.fit(batches, resume_from="latest" if resume else None)
         seconds["rectify"] = time.perf_counter() - start
         rectifier.eval()
-        last = _last_record(rectify_result, rectifier_dir)
-        record = {
-            "method": "reclip",
-            "stage": "rectify",
-            "recipe": recipe.model_dump(mode="json"),
-            "steps": rectify_result.final_step,
-            "last": last,
-            "hypotheses": hypotheses.stats,
-            "seconds": seconds,
-        }
-        extra = {"recipe": record["recipe"], "last": last, "hypotheses": summary}
-        folders = [rectifier_dir] if recipe.distill else [rectifier_dir, out / "model"]
-        for folder in folders:
-            save_reclip(rectifier, folder, clip=clip_source, extra=extra)
-            _write_training(folder, record)
+        if main:
+            last = _last_record(rectify_result, rectifier_dir)
+            record = {
+                "method": "reclip",
+                "stage": "rectify",
+                "recipe": recipe.model_dump(mode="json"),
+                "steps": rectify_result.final_step,
+                "last": last,
+                "hypotheses": hypotheses.stats,
+                "seconds": seconds,
+            }
+            extra = {"recipe": record["recipe"], "last": last, "hypotheses": summary}
+            folders = [rectifier_dir] if recipe.distill else [rectifier_dir, out / "model"]
+            for folder in folders:
+                save_reclip(rectifier, folder, clip=clip_source, extra=extra)
+                _write_training(folder, record)
+        barrier()  # the export is complete before any rank reads it (the teacher of the distillation)
         if not recipe.distill:
             model_dir = out / "model"
 
@@ -995,7 +1036,7 @@ def train_reclip(
             )
         start = time.perf_counter()
         pseudo_labels = _pseudo_label_stage(
-            teacher, images, out, rectifier_dir, batch_size=recipe.embed_batch_size, progress=progress
+            teacher, images, out, rectifier_dir, batch_size=recipe.embed_batch_size, progress=progress, main=main
         )
         seconds["pseudo-label"] = time.perf_counter() - start
 
@@ -1013,6 +1054,8 @@ def train_reclip(
             batch_size=recipe.distill_batch_size,
             seed=recipe.distill_train.seed,
             labels=pseudo_labels,
+            rank=context.rank,
+            world_size=context.world_size,
         )
         step = distill_step(
             teacher,
@@ -1032,23 +1075,25 @@ def train_reclip(
         seconds["distill"] = time.perf_counter() - start
         student.eval()
         model_dir = out / "model"
-        last = _last_record(distill_result, model_dir)
-        record = {
-            "method": "reclip",
-            "stage": "distill",
-            "recipe": recipe.model_dump(mode="json"),
-            "steps": distill_result.final_step,
-            "last": last,
-            "hypotheses": hypotheses.stats,
-            "teacher": str(rectifier_dir),
-            "seconds": seconds,
-        }
-        save_reclip_student(
-            student,
-            model_dir,
-            extra={"recipe": record["recipe"], "last": last, "hypotheses": summary, "teacher_clip": clip_source},
-        )
-        _write_training(model_dir, record)
+        if main:
+            last = _last_record(distill_result, model_dir)
+            record = {
+                "method": "reclip",
+                "stage": "distill",
+                "recipe": recipe.model_dump(mode="json"),
+                "steps": distill_result.final_step,
+                "last": last,
+                "hypotheses": hypotheses.stats,
+                "teacher": str(rectifier_dir),
+                "seconds": seconds,
+            }
+            save_reclip_student(
+                student,
+                model_dir,
+                extra={"recipe": record["recipe"], "last": last, "hypotheses": summary, "teacher_clip": clip_source},
+            )
+            _write_training(model_dir, record)
+        barrier()  # every rank returns once the model folder is complete
 
     return ReCLIPRun(
         model_dir=model_dir,

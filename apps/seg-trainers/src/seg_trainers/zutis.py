@@ -55,9 +55,10 @@ from seg_models.dense_clip import DenseVariant, dense_clip_features
 from seg_models.inference import normalize_images
 from seg_models.zutis import ZUTIS, ZUTISConfig, save_zutis, semantic_logits
 from seg_retrieval.index import IndexConfig
-from seg_train import StepOutput, Trainer, TrainResult, build_optimizer, unwrap_model
+from seg_retrieval.store import embed_collection
+from seg_train import StepOutput, Trainer, TrainResult, barrier, build_optimizer, init_distributed, unwrap_model
 from seg_trainers.clip import batch_loader
-from seg_trainers.reco import WorldImages, archive_indices, retrieve_world_archive
+from seg_trainers.reco import RetrievedArchive, WorldImages, archive_indices, retrieve_world_archive
 
 __all__ = [
     "ZUTIS_SYNTHETIC_CONFIG",
@@ -316,15 +317,19 @@ class CopyPasteBatches(Dataset[dict[str, Tensor]]):
 
     Each item is a dict of tensors: ``images`` ``[B, 3, S, S]`` normalised, ``semantic`` ``[B, S, S]`` int64 (0
     background, ``c`` the category, ``ignore_index`` on padding), ``instances`` ``[B, N, S, S]`` bool padded to
-    ``N = max_sources`` and ``valid`` ``[B, N]`` bool (a pasted instance with a non-empty visible mask).
+    ``N = max_sources`` and ``valid`` ``[B, N]`` bool (a pasted instance with a non-empty visible mask). Under
+    ``torchrun`` item ``i`` of rank ``r`` (of ``world_size``) is batch ``b = i * world_size + r``: the ranks split one
+    sequence of batches.
 
     Args:
         pseudo: The archives and their masks.
         config: Copy-paste settings.
-        batch_size: Images per batch.
-        num_batches: Length of the dataset (the run's steps times gradient accumulation).
+        batch_size: Images per batch (per rank).
+        num_batches: Length of the dataset (the run's steps times gradient accumulation, per rank).
         seed: The training seed.
         normalization: ``(mean, std)`` of the encoder's input.
+        rank: This process's rank (0 in one process).
+        world_size: Number of processes (1 in one process).
     """
 
     def __init__(
@@ -336,20 +341,26 @@ class CopyPasteBatches(Dataset[dict[str, Tensor]]):
         num_batches: int,
         seed: int,
         normalization: tuple[tuple[float, ...], tuple[float, ...]],
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size) with world_size >= 1, got rank={rank}, {world_size=}")
         self.pseudo = pseudo
         self.config = config
         self.batch_size = batch_size
         self.num_batches = num_batches
         self.seed = seed
         self.normalization = normalization
+        self.rank = rank
+        self.world_size = world_size
         self._archives = {category: range(int(images.shape[0])) for category, images in pseudo.images.items()}
 
     def __len__(self) -> int:
         return self.num_batches
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index * self.world_size + self.rank)
         size, slots = self.config.crop_size, self.config.max_sources
         images, semantic = [], []
         instances = torch.zeros(self.batch_size, slots, size, size, dtype=torch.bool)
@@ -475,6 +486,11 @@ def train_zutis(
     embeddings), ``archive.json`` and ``purity.json``, ``pseudo_masks.npz`` and ``saliency.json``, ``recipe.yaml``,
     the engine's checkpoints and logs.
 
+    Under ``torchrun`` every process calls it alike: the ranks split the collection's embedding shards and train
+    data-parallel, each on its own copy-paste batches (:class:`CopyPasteBatches`); rank 0 alone curates the archives,
+    computes the pseudo-masks and writes every other file (caches, checkpoints, the model folder) while the others
+    wait at a barrier and read what it wrote, and every rank returns the same folder.
+
     Args:
         recipe: The settings.
         clip: The loaded CLIP (``recipe.clip`` resolved by the caller); its text tower stays frozen, its vision tower
@@ -487,36 +503,42 @@ def train_zutis(
         progress: Called as ``progress(stage, done, total)`` (stages ``embed`` and ``pseudo-mask``).
     """
     names = recipe.concept_names()
+    # Under torchrun: join the process group now (the Trainer would later), gloo for a CPU run even where CUDA is.
+    context = init_distributed("gloo" if torch.device(device).type == "cpu" else None)
+    main = context.is_main
+    if not main:
+        progress = None  # rank 0 reports, as the Trainer's log lines
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    recipe.save(out / "recipe.yaml")
+    if main:
+        recipe.save(out / "recipe.yaml")
     seconds: dict[str, float] = {}
     clip.eval()
-    retrieved = retrieve_world_archive(
-        clip,
-        recipe.world,
-        recipe.collection_size,
-        names,
-        out,
-        k=recipe.k,
-        clip_source=clip_source,
-        templates=recipe.templates,
-        index=recipe.index,
-        batch_size=recipe.embed_batch_size,
-        progress=progress,
-    )
-    seconds |= retrieved.seconds
+    purity_path = out / "purity.json"
+    retrieved: RetrievedArchive | None = None
+    if main:
+        retrieved = retrieve_world_archive(
+            clip,
+            recipe.world,
+            recipe.collection_size,
+            names,
+            out,
+            k=recipe.k,
+            clip_source=clip_source,
+            templates=recipe.templates,
+            index=recipe.index,
+            batch_size=recipe.embed_batch_size,
+            progress=progress,
+        )
+        seconds |= retrieved.seconds
+    else:
+        _embed_store_shards(recipe, clip, out, clip_source=clip_source)
 
     start = time.perf_counter()
     masks_path, iou_path = out / "pseudo_masks.npz", out / "saliency.json"
-    if masks_path.is_file() and iou_path.is_file():
-        pseudo = PseudoMasks.load(masks_path, json.loads(iou_path.read_text()))
-        if pseudo.names != names:
-            raise ConfigError(
-                f"concepts: {masks_path} holds pseudo-masks for {list(pseudo.names)}, the recipe asks for "
-                f"{list(names)}; delete the file or use another run folder"
-            )
-    else:
+    pseudo: PseudoMasks | None = None
+    if main and not (masks_path.is_file() and iou_path.is_file()):
+        assert retrieved is not None
         archive_ids = {name: retrieved.archive[name].image_ids for name in names}
         pseudo = build_pseudo_masks(
             clip,
@@ -528,6 +550,15 @@ def train_zutis(
         )
         pseudo.save(masks_path)
         iou_path.write_text(json.dumps(pseudo.iou, indent=2) + "\n")
+    barrier()  # under torchrun the other ranks wait for rank 0's purity.json and pseudo-masks
+    if pseudo is None:
+        pseudo = PseudoMasks.load(masks_path, json.loads(iou_path.read_text()))
+        if pseudo.names != names:
+            raise ConfigError(
+                f"concepts: {masks_path} holds pseudo-masks for {list(pseudo.names)}, the recipe asks for "
+                f"{list(names)}; delete the file or use another run folder"
+            )
+    purity = retrieved.purity if retrieved is not None else _read_purity(purity_path)
     seconds["pseudo-mask"] = time.perf_counter() - start
 
     torch.manual_seed(recipe.train.seed)
@@ -544,6 +575,8 @@ def train_zutis(
         num_batches=recipe.train.max_steps * recipe.train.grad_accum_steps,
         seed=recipe.train.seed,
         normalization=(norm.mean, norm.std),
+        rank=context.rank,
+        world_size=context.world_size,
     )
     step = zutis_step(
         text_embeddings(clip, names),
@@ -557,30 +590,58 @@ def train_zutis(
     result = trainer.fit(batch_loader(batches, recipe.workers), resume_from="latest" if resume else None)
     seconds["train"] = time.perf_counter() - start
 
-    trained = unwrap_model(model)
-    assert isinstance(trained, ZUTIS)
-    model_dir = save_zutis(
-        trained,
-        out / "model",
-        clip=clip_source,
-        label_names=("background", *names),
-        normalization=norm,
-        image_size=(recipe.copy_paste.crop_size, recipe.copy_paste.crop_size),
-        extra={"saliency_iou": pseudo.iou["<mean>"]},
-    )
-    record = {
-        "recipe": recipe.model_dump(mode="json"),
-        "steps": result.final_step,
-        "last": result.last_record,
-        "saliency_iou": pseudo.iou,
-        "purity": retrieved.purity.get("<mean>", {}),
-        "seconds": seconds,
-    }
-    (model_dir / "training.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    model_dir = out / "model"
+    if main:
+        trained = unwrap_model(model)
+        assert isinstance(trained, ZUTIS)
+        save_zutis(
+            trained,
+            model_dir,
+            clip=clip_source,
+            label_names=("background", *names),
+            normalization=norm,
+            image_size=(recipe.copy_paste.crop_size, recipe.copy_paste.crop_size),
+            extra={"saliency_iou": pseudo.iou["<mean>"]},
+        )
+        record = {
+            "recipe": recipe.model_dump(mode="json"),
+            "steps": result.final_step,
+            "last": result.last_record,
+            "saliency_iou": pseudo.iou,
+            "purity": purity.get("<mean>", {}),
+            "seconds": seconds,
+        }
+        (model_dir / "training.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    barrier()  # every rank returns once the model folder is complete
     return ZUTISRun(
         model_dir=model_dir,
         saliency_iou=pseudo.iou,
-        purity=retrieved.purity,
+        purity=purity,
         result=result,
         seconds=seconds,
     )
+
+
+def _embed_store_shards(recipe: ZUTISRecipe, clip: ClipModel, out: Path, *, clip_source: str) -> None:
+    """A rank other than 0 under torchrun: embed its shards of ``out/store`` alongside rank 0's retrieval.
+
+    :func:`seg_trainers.reco.retrieve_world_archive` (run by rank 0) embeds the collection with
+    :func:`seg_retrieval.store.embed_collection`, which splits the store's shards over the ranks and meets them at
+    barriers; this is the same call, with the same arguments, so that the plans agree. Rank 0 alone then curates
+    and writes ``archive.json`` and ``purity.json``.
+    """
+    embed_collection(
+        clip,
+        WorldImages(recipe.world, "index", recipe.collection_size, clip.normalization),
+        out / "store",
+        batch_size=recipe.embed_batch_size,
+        encoder_name=clip_source,
+        collection_id=f"world {recipe.world.model_dump_json()} index 0..{recipe.collection_size - 1}",
+        progress=False,
+    )
+
+
+def _read_purity(path: Path) -> dict[str, dict[int, float]]:
+    """``purity.json`` as :func:`seg_retrieval.curate.archive_purity` returned it (JSON made its ``k`` strings)."""
+    data: dict[str, dict[str, float]] = json.loads(path.read_text())
+    return {name: {int(k): float(value) for k, value in by_k.items()} for name, by_k in data.items()}
