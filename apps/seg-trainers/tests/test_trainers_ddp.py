@@ -1,41 +1,66 @@
-"""The ReCLIP++ and ZUTIS recipes under ``torchrun`` (2 CPU processes, gloo), each called exactly as in one process.
+"""Every training recipe under ``torchrun`` (2 CPU processes, gloo), each called exactly as in one process.
 
-Each test writes a script that calls the recipe unchanged, launches it with ``python -m torch.distributed.run``, and
-records per rank: the batches its step functions saw, the trained parameters, which cached stages it computed, and
-(through an audit hook) every file it created, replaced or removed under the run folder. The test then checks:
-identical replicas, different batches per rank, rank 0 alone computing and writing the cached stages and the model
-folders (the other rank only embeds its shards of ZUTIS's collection store), and that the folders load back. Two
-tests run in one process: the batches of each rank, and a re-run that reuses the pseudo-labels of a rectifier saved
-again with its safetensors metadata in another order.
+Each test writes a script that calls the recipe unchanged (the synthetic CLIP, GroupViT and PGSeg, SimCon and
+MV-SimCon, ReCo and ReCo+, ReCLIP++, ZUTIS), launches it with ``python -m torch.distributed.run``, and records per
+rank: the batches its step functions saw (and their indices), the trained parameters, which cached stages it
+computed, and (through an audit hook) every file it created, replaced or removed under the run folder. The test then
+checks: identical replicas, rank ``r`` training on batches ``r, r + 2, ...`` of the one-process sequence (so no batch
+twice), rank 0 alone computing and writing the cached stages and the model folders (the other rank only embeds its
+shards of a collection store), and that the folders load back with rank 0's weights. The tests in one process: the
+batches of each rank (and ``batch_loader`` unchanged in one process), the step functions' optimiser-step count over
+the ranks, and a re-run that reuses the pseudo-labels of a rectifier saved again with its safetensors metadata in
+another order.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from pydantic import JsonValue
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader, Dataset
 
 from seg_core import ScheduleConfig, TrainConfig
 from seg_coseg.copy_paste import CopyPasteConfig
 from seg_eval.world import WorldConfig
+from seg_models.clip import CONFIG_FILE_NAME as CLIP_CONFIG_FILE
+from seg_models.clip import WEIGHTS_FILE_NAME as CLIP_WEIGHTS_FILE
 from seg_models.clip import load_clip, register_model_config
+from seg_models.groupvit import GROUPVIT_TINY_CONFIG, groupvit_tokenizer, load_groupvit
+from seg_models.pgseg import load_pgseg
 from seg_models.reclip import load_reclip, load_reclip_student, read_reclip_info
+from seg_models.reco import REFERENCES_FILE_NAME, load_reference_embeddings
 from seg_models.zutis import load_zutis, read_zutis_info
 from seg_trainers import reclip as reclip_module
+from seg_trainers import reco as reco_module
+from seg_trainers.clip import SyntheticClipRecipe, WorldPairBatches, batch_loader, build_synthetic_clip
+from seg_trainers.groupvit import PGLossSettings, new_grouping_model, pgseg_step
 from seg_trainers.reclip import ReCLIPRecipe, TrainingBatches, train_reclip
+from seg_trainers.reco import ReCoPlusRecipe, WorldImages, load_reco_plus, read_reco_plus_info
+from seg_trainers.simcon import (
+    SIMCON_VIEWS,
+    SimConLossSettings,
+    SimConModule,
+    SimConRecipe,
+    WorldViewBatches,
+    simcon_step,
+)
 from seg_trainers.zutis import CopyPasteBatches, PseudoMasks
 
-# Shared by both scripts: an audit hook that logs what this rank writes under the run folder, and a recorder that
+# Shared by every script: an audit hook that logs what this rank writes under the run folder, and a recorder that
 # wraps a step-function factory of the recipe's module to log each batch and keep the (DDP-wrapped) model.
 PREAMBLE = textwrap.dedent(
     """
@@ -75,24 +100,48 @@ PREAMBLE = textwrap.dedent(
 
 
     sys.addaudithook(_audit)
+    # safetensors writes its files from Rust, past the audit hook: log its save_file (patched before any seg module
+    # imports it).
+    import safetensors.torch
+
+    _save_file = safetensors.torch.save_file
+
+
+    def _logged_save_file(tensors, filename, *args, **kwargs):
+        relative = _relative(filename)
+        if relative is not None:
+            writes.append(["write", relative])
+        return _save_file(tensors, filename, *args, **kwargs)
+
+
+    safetensors.torch.save_file = _logged_save_file
     seen = {}
+    indices = {}
     models = {}
+
+
+    def _recording(step, stage, pixels_key):
+        def wrapped(model, batch):
+            seen.setdefault(stage, []).append(float(batch[pixels_key].double().sum()))
+            if "batch_index" in batch:
+                indices.setdefault(stage, []).append(int(batch["batch_index"]))
+            models[stage] = model
+            return step(model, batch)
+
+        return wrapped
 
 
     def record(module, factory_name, stage, pixels_key):
         factory = getattr(module, factory_name)
 
         def make(*args, **kwargs):
-            step = factory(*args, **kwargs)
-
-            def wrapped(model, batch):
-                seen.setdefault(stage, []).append(float(batch[pixels_key].double().sum()))
-                models[stage] = model
-                return step(model, batch)
-
-            return wrapped
+            return _recording(factory(*args, **kwargs), stage, pixels_key)
 
         setattr(module, factory_name, make)
+
+
+    def record_step(module, step_name, stage, pixels_key):
+        setattr(module, step_name, _recording(getattr(module, step_name), stage, pixels_key))
 
 
     def count_calls(module, name, calls):
@@ -118,7 +167,7 @@ PREAMBLE = textwrap.dedent(
                 "state": {name: value.detach().clone() for name, value in inner.state_dict().items()},
             }
         torch.save(states, f"{RESULTS}/states_rank{RANK}.pt")
-        summary = {"seen": seen, "writes": writes, "world_size": dist.get_world_size(), **extra}
+        summary = {"seen": seen, "indices": indices, "writes": writes, "world_size": dist.get_world_size(), **extra}
         with open(f"{RESULTS}/summary_rank{RANK}.json", "w") as handle:
             json.dump(summary, handle)
         dist.destroy_process_group()
@@ -205,6 +254,159 @@ ZUTIS_SCRIPT = PREAMBLE + textwrap.dedent(
     """
 )
 
+SYNTHETIC_CLIP_SCRIPT = PREAMBLE + textwrap.dedent(
+    """
+    from seg_core import ScheduleConfig, TrainConfig
+    from seg_eval.world import WorldConfig
+    from seg_trainers import clip
+    from seg_trainers.clip import SyntheticClipRecipe, train_synthetic_clip
+
+    record_step(clip, "clip_step", "train", "images")
+    recipe = SyntheticClipRecipe(
+        world=WorldConfig(seed=11), model_name=SYNTHETIC_CLIP_NAME, model_cfg=SYNTHETIC_CLIP_CONFIG, batch_size=4,
+        workers=0, train=TrainConfig(
+            max_steps=3, lr=2e-3, weight_decay=0.1, schedule=ScheduleConfig(kind="constant"), log_every=1,
+            progress=False, tensorboard=False, checkpoint_every=2,
+        ),
+    )
+    # The user's script: the same call as in one process.
+    run = train_synthetic_clip(recipe, RUN)
+    first_writes = list(writes)
+    again = train_synthetic_clip(recipe, RUN, resume=True)  # resumes at the last step: nothing left to train
+    finish({
+        "first_writes": first_writes, "model_dir": str(run.model_dir), "rerun_model_dir": str(again.model_dir),
+        "steps": run.result.final_step,
+    })
+    """
+)
+
+GROUPVIT_SCRIPT = PREAMBLE + textwrap.dedent(
+    """
+    from seg_core import ScheduleConfig, TrainConfig
+    from seg_eval.world import WorldConfig
+    from seg_models.groupvit import GROUPVIT_TINY_CONFIG
+    from seg_models.pgseg import PGSEG_TINY_CONFIG
+    from seg_trainers import groupvit
+    from seg_trainers.groupvit import GroupViTRecipe, PGLossSettings, PGSegRecipe, train_groupvit
+
+    record_step(groupvit, "groupvit_step", "groupvit", "images")
+    record(groupvit, "pgseg_step", "pgseg", "images")
+
+
+    def train(steps):
+        return TrainConfig(
+            max_steps=steps, lr=2e-3, weight_decay=0.05, schedule=ScheduleConfig(kind="constant"), log_every=1,
+            progress=False, tensorboard=False, checkpoint_every=2,
+        )
+
+
+    recipes = {
+        "groupvit": GroupViTRecipe(
+            world=WorldConfig(seed=11), model=GROUPVIT_TINY_CONFIG, batch_size=4, workers=0, train=train(3)
+        ),
+        # The PG losses switch on at step 3 of 4 (optimiser step 2 counted from 0).
+        "pgseg": PGSegRecipe(
+            world=WorldConfig(seed=11), model=PGSEG_TINY_CONFIG, batch_size=4, workers=0, train=train(4),
+            pg=PGLossSettings(start=0.5),
+        ),
+    }
+    runs = {}
+    for name, recipe in recipes.items():
+        # The user's script: the same call as in one process; the re-run resumes at the last step.
+        run = train_groupvit(recipe, os.path.join(RUN, name))
+        again = train_groupvit(recipe, os.path.join(RUN, name), resume=True)
+        runs[name] = {
+            "model_dir": str(run.model_dir), "rerun_model_dir": str(again.model_dir), "steps": run.result.final_step,
+            "history": list(run.result.history),
+        }
+    finish({"runs": runs})
+    """
+)
+
+SIMCON_SCRIPT = PREAMBLE + textwrap.dedent(
+    """
+    from seg_core import ScheduleConfig, TrainConfig
+    from seg_eval.world import WorldConfig
+    from seg_models.groupvit import GROUPVIT_TINY_CONFIG
+    from seg_models.pgseg import PGSEG_TINY_CONFIG
+    from seg_trainers import groupvit, simcon
+    from seg_trainers.groupvit import PGLossSettings
+    from seg_trainers.simcon import SimConLossSettings, SimConRecipe, train_simcon
+
+
+    def recipe(kind, model, steps):
+        return SimConRecipe(
+            world=WorldConfig(seed=11), model=model, batch_size=4, workers=0,
+            loss=SimConLossSettings(kind=kind, threshold=0.9, milestones=(0.25, 0.5)), pg=PGLossSettings(start=0.5),
+            train=TrainConfig(
+                max_steps=steps, lr=2e-3, schedule=ScheduleConfig(kind="constant"), log_every=1, progress=False,
+                tensorboard=False, checkpoint_every=2,
+            ),
+        )
+
+
+    # MV-SimCon on a GroupViT (every parameter used); one-view SimCon on a PGSeg (the prediction head unused, the
+    # PG units unused before their start: DDP's find_unused_parameters).
+    recipes = {
+        "mv-simcon": recipe("mv-simcon", GROUPVIT_TINY_CONFIG, 3),
+        "simcon-pgseg": recipe("simcon", PGSEG_TINY_CONFIG, 4),
+    }
+    factory = simcon.simcon_step
+    runs = {}
+    for name, settings in recipes.items():
+        simcon.simcon_step = factory
+        record(simcon, "simcon_step", name, "view1")
+        # The user's script: the same call as in one process; the re-run resumes at the last step.
+        run = train_simcon(settings, os.path.join(RUN, name))
+        again = train_simcon(settings, os.path.join(RUN, name), resume=True)
+        runs[name] = {
+            "model_dir": str(run.model_dir), "rerun_model_dir": str(again.model_dir), "steps": run.result.final_step,
+            "history": list(run.result.history),
+        }
+    finish({"runs": runs})
+    """
+)
+
+RECO_SCRIPT = PREAMBLE + textwrap.dedent(
+    """
+    from seg_core import ConceptSet, TrainConfig
+    from seg_coseg.context import CoSegConfig
+    from seg_models.clip import load_clip, register_model_config
+    from seg_trainers import reco
+    from seg_trainers.reco import ReCoPlusRecipe, ReCoRecipe, build_reco, load_reco, train_reco_plus
+
+    record(reco, "_segmentation_step", "reco-plus", "images")
+    calls = {}
+    for name in ("curate_archive", "reference_embeddings", "make_pseudo_labels"):
+        count_calls(reco, name, calls)
+    torch.manual_seed(0)
+    clip = load_clip(register_model_config())
+    recipe = ReCoRecipe(
+        collection_size=24, k=3, concepts=("cow", "grass"), templates=("a photo of a {}.",),
+        coseg=CoSegConfig(context_concepts=("sky",)), batch_size=8,
+    )
+    plus = ReCoPlusRecipe(
+        num_images=6, batch_size=2, deeplab_overrides=TINY_DEEPLAB,
+        train=TrainConfig(max_steps=3, lr=5e-4, log_every=1, progress=False, tensorboard=False, checkpoint_every=2),
+    )
+    concepts = ConceptSet(names=("cow", "grass"))
+    # The user's script: the same calls as in one process.
+    built = build_reco(recipe, clip, os.path.join(RUN, "reco"), clip_source="random")
+    trained = train_reco_plus(plus, load_reco(built.model_dir, clip), concepts, os.path.join(RUN, "plus"))
+    first_writes = list(writes)
+    # A re-run reuses the store, re-curates on rank 0, reuses the pseudo-labels and resumes at the last step.
+    rebuilt = build_reco(recipe, clip, os.path.join(RUN, "reco"), clip_source="random")
+    again = train_reco_plus(plus, load_reco(rebuilt.model_dir, clip), concepts, os.path.join(RUN, "plus"), resume=True)
+    finish({
+        "calls": calls, "first_writes": first_writes, "reco_dir": str(built.model_dir),
+        "rerun_reco_dir": str(rebuilt.model_dir), "archive": built.archive.model_dump(mode="json"),
+        "purity": {name: {str(k): v for k, v in by_k.items()} for name, by_k in built.purity.items()},
+        "model_dir": str(trained.model_dir), "rerun_model_dir": str(again.model_dir),
+        "pseudo_labels": str(trained.pseudo_labels), "steps": trained.result.final_step,
+    })
+    """
+)
+
 CLIP_NAME = "seg-test-ddp-reclip-tiny"
 TINY_CLIP_CONFIG = {
     "embed_dim": 16,
@@ -217,6 +419,12 @@ TINY_DEEPLAB = {
     "decoder_channels": 8,
     "backbone_kwargs": {"layers": [1, 1, 1, 1], "channels": [8, 8, 16, 16]},
 }
+SYNTHETIC_CLIP_NAME = "seg-test-ddp-synthetic-clip-tiny"
+SYNTHETIC_CLIP_CONFIG: dict[str, JsonValue] = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
 
 
 def _free_port() -> int:
@@ -228,7 +436,16 @@ def _free_port() -> int:
 def _launch(script_text: str, tmp_path: Path) -> tuple[Path, list[dict[str, Any]], list[dict[str, Any]]]:
     """Run the script on 2 gloo processes; the run folder, each rank's summary and each rank's saved states."""
     script = tmp_path / "train.py"
-    constants = f"CLIP_NAME = {CLIP_NAME!r}\nTINY_CLIP_CONFIG = {TINY_CLIP_CONFIG!r}\nTINY_DEEPLAB = {TINY_DEEPLAB!r}\n"
+    constants = "".join(
+        f"{name} = {value!r}\n"
+        for name, value in (
+            ("CLIP_NAME", CLIP_NAME),
+            ("TINY_CLIP_CONFIG", TINY_CLIP_CONFIG),
+            ("TINY_DEEPLAB", TINY_DEEPLAB),
+            ("SYNTHETIC_CLIP_NAME", SYNTHETIC_CLIP_NAME),
+            ("SYNTHETIC_CLIP_CONFIG", SYNTHETIC_CLIP_CONFIG),
+        )
+    )
     script.write_text(constants + script_text)
     run, results = tmp_path / "run", tmp_path / "results"
     results.mkdir()
@@ -252,8 +469,9 @@ def _files(writes: list[list[str]]) -> set[str]:
     return {path for event, path in writes if event in ("write", "os.rename") and not Path(path).name.startswith(".")}
 
 
-def _assert_identical_replicas(states: list[dict[str, Any]], stage: str) -> None:
-    """Every parameter and buffer is equal on both ranks, but BatchNorm's running statistics.
+def _assert_identical_replicas(states: list[dict[str, Any]], stage: str, local_buffers: tuple[str, ...] = ()) -> None:
+    """Every parameter and buffer is equal on both ranks, but BatchNorm's running statistics (and the buffers
+    whose names contain one of ``local_buffers``, e.g. PGSeg's momentum prototypes).
 
     DDP broadcasts rank 0's buffers before each forward, then each rank's BatchNorm updates them with its own batch:
     after the last step they differ by that last update (the exported model has rank 0's).
@@ -266,7 +484,7 @@ def _assert_identical_replicas(states: list[dict[str, Any]], stage: str) -> None
     state = [states[rank][stage]["state"] for rank in range(2)]
     assert sorted(state[0]) == sorted(state[1])
     for name, tensor in state[0].items():
-        if not name.endswith(("running_mean", "running_var")):
+        if not name.endswith(("running_mean", "running_var")) and not any(part in name for part in local_buffers):
             assert torch.equal(tensor, state[1][name]), f"{stage}: the replicas differ in {name}"
 
 
@@ -374,6 +592,181 @@ def test_zutis_under_torchrun(tmp_path: Path) -> None:
     assert json.loads((run / "model" / "training.json").read_text())["steps"] == 3
 
 
+def _assert_one_process_batches(
+    summaries: list[dict[str, Any]], stage: str, pixels: Callable[[int], torch.Tensor], steps: int
+) -> None:
+    """Rank ``r``'s ``i``-th batch is batch ``2 i + r`` of the one-process sequence (``pixels(b)``, its pixels)."""
+    for rank in range(2):
+        expected = [float(pixels(2 * i + rank).double().sum()) for i in range(steps)]
+        assert summaries[rank]["seen"][stage] == expected, f"{stage}: rank {rank} did not get batches {rank}, ..."
+
+
+def _assert_no_temporary_files(run: Path) -> None:
+    assert not [path for path in run.rglob("*") if path.name.startswith(".") or ".tmp" in path.name]
+
+
+def test_synthetic_clip_under_torchrun(tmp_path: Path) -> None:
+    run, summaries, states = _launch(SYNTHETIC_CLIP_SCRIPT, tmp_path)
+    assert [summary["world_size"] for summary in summaries] == [2, 2]
+    for summary in summaries:  # every rank returns the same run
+        assert summary["model_dir"] == summary["rerun_model_dir"] == str(run / "model")
+        assert summary["steps"] == 3
+
+    _assert_identical_replicas(states, "train")
+    _assert_disjoint_batches(summaries, "train", 3)
+    recipe = SyntheticClipRecipe(model_name=SYNTHETIC_CLIP_NAME, model_cfg=SYNTHETIC_CLIP_CONFIG)
+    clip = build_synthetic_clip(recipe)
+    pairs = WorldPairBatches(WorldConfig(seed=11), 4, clip.tokenizer, clip.normalization)
+    _assert_one_process_batches(summaries, "train", lambda b: pairs[b]["images"], 3)
+
+    # Rank 1 wrote nothing in the run folder; rank 0 wrote the recipe and the model folder.
+    assert _files(summaries[1]["writes"]) == set()
+    written = _files(summaries[0]["first_writes"])
+    for name in ("recipe.yaml", f"model/{CLIP_CONFIG_FILE}", f"model/{CLIP_WEIGHTS_FILE}"):
+        assert name in written, f"rank 0 did not write {name}: {sorted(written)}"
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000003"
+    _assert_no_temporary_files(run)
+    # The local-dir folder loads with open_clip and holds rank 0's trained weights (stored in fp16).
+    loaded = load_clip(f"local-dir:{run / 'model'}")
+    _assert_export_is_rank0(loaded.model.state_dict(), states[0]["train"]["state"])
+
+
+def test_groupvit_and_pgseg_under_torchrun(tmp_path: Path) -> None:
+    run, summaries, states = _launch(GROUPVIT_SCRIPT, tmp_path)
+    assert [summary["world_size"] for summary in summaries] == [2, 2]
+    tokenizer = groupvit_tokenizer(GROUPVIT_TINY_CONFIG.text.context_length)
+    pairs = WorldPairBatches(WorldConfig(seed=11), 4, tokenizer, GROUPVIT_TINY_CONFIG.normalization)
+    for name, steps in (("groupvit", 3), ("pgseg", 4)):
+        for summary in summaries:  # every rank returns the same run
+            result = summary["runs"][name]
+            assert result["model_dir"] == result["rerun_model_dir"] == str(run / name / "model")
+            assert result["steps"] == steps
+        # PGSeg's momentum prototypes are buffers each rank updates from its own batch (rank 0's are broadcast).
+        _assert_identical_replicas(states, name, local_buffers=("_prototypes_",))
+        _assert_disjoint_batches(summaries, name, steps)
+        _assert_one_process_batches(summaries, name, lambda b: pairs[b]["images"], steps)
+        assert (run / name / "checkpoints" / "latest").read_text().strip() == f"step_{steps:08d}"
+
+    # PGSeg counts steps in global batches: batch b of the one-process sequence belongs to optimiser step b // 2, so
+    # the PG losses switch on at step 3 on both ranks. The InfoNCE over the gathered batch is the same on both, so
+    # before the start the logged loss (the ranks' mean) is exactly it; from the start the PG terms add to it.
+    assert [summary["indices"]["pgseg"] for summary in summaries] == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    for summary in summaries:
+        history = summary["runs"]["pgseg"]["history"]
+        assert [record["step"] for record in history] == [1, 2, 3, 4]
+        extra = [record["loss"] - record["info_nce"] for record in history]
+        assert extra[:2] == pytest.approx([0.0, 0.0], abs=1e-6)
+        assert min(extra[2:]) > 1e-4, extra
+
+    # Rank 1 wrote nothing in the run folder; rank 0 wrote the recipes and the model folders.
+    assert _files(summaries[1]["writes"]) == set()
+    written = _files(summaries[0]["writes"])
+    for name in (
+        "groupvit/recipe.yaml",
+        "groupvit/model/model.safetensors",
+        "groupvit/model/training.json",
+        "pgseg/recipe.yaml",
+        "pgseg/model/model.safetensors",
+        "pgseg/model/training.json",
+    ):
+        assert name in written, f"rank 0 did not write {name}: {sorted(written)}"
+    _assert_no_temporary_files(run)
+    # The folders load with the method's loaders and hold rank 0's trained weights (stored in fp16).
+    _assert_export_is_rank0(load_groupvit(run / "groupvit" / "model").state_dict(), states[0]["groupvit"]["state"])
+    _assert_export_is_rank0(load_pgseg(run / "pgseg" / "model").state_dict(), states[0]["pgseg"]["state"])
+
+
+def test_simcon_under_torchrun(tmp_path: Path) -> None:
+    run, summaries, states = _launch(SIMCON_SCRIPT, tmp_path)
+    assert [summary["world_size"] for summary in summaries] == [2, 2]
+    tokenizer = groupvit_tokenizer(GROUPVIT_TINY_CONFIG.text.context_length)
+    views = WorldViewBatches(
+        WorldConfig(seed=11), 4, tokenizer, GROUPVIT_TINY_CONFIG.normalization, views=SIMCON_VIEWS, seed=0
+    )
+    settings = SimConLossSettings(threshold=0.9, milestones=(0.25, 0.5))
+    for name, steps in (("mv-simcon", 3), ("simcon-pgseg", 4)):
+        for summary in summaries:  # every rank returns the same run
+            result = summary["runs"][name]
+            assert result["model_dir"] == result["rerun_model_dir"] == str(run / name / "model")
+            assert result["steps"] == steps
+            # The λ schedule counts optimiser steps (batch index // 2), the same on both ranks.
+            thresholds = [record["threshold"] for record in result["history"]]
+            assert thresholds == [settings.threshold_at(step, steps) for step in range(steps)]
+        _assert_identical_replicas(states, name, local_buffers=("_prototypes_",))
+        _assert_disjoint_batches(summaries, name, steps)
+        _assert_one_process_batches(summaries, name, lambda b: views[b]["view1"], steps)
+        assert [summary["indices"][name] for summary in summaries] == [
+            list(range(0, 2 * steps, 2)),
+            list(range(1, 2 * steps, 2)),
+        ]
+    for summary in summaries:  # the PG losses are on from step 3 of 4 on both ranks
+        history = summary["runs"]["simcon-pgseg"]["history"]
+        assert ["pg_image_0" in record for record in history] == [False, False, True, True]
+
+    assert _files(summaries[1]["writes"]) == set()
+    written = _files(summaries[0]["writes"])
+    for name in ("mv-simcon", "simcon-pgseg"):
+        for file in ("recipe.yaml", "model/model.safetensors", "model/training.json"):
+            assert f"{name}/{file}" in written, f"rank 0 did not write {name}/{file}: {sorted(written)}"
+    _assert_no_temporary_files(run)
+    for name, load in (("mv-simcon", load_groupvit), ("simcon-pgseg", load_pgseg)):
+        trained = {  # the trained module is the model and the training-only prediction head
+            key.removeprefix("model."): value
+            for key, value in states[0][name]["state"].items()
+            if key.startswith("model.")
+        }
+        _assert_export_is_rank0(load(run / name / "model").state_dict(), trained)
+
+
+def test_reco_and_reco_plus_under_torchrun(tmp_path: Path) -> None:
+    run, summaries, states = _launch(RECO_SCRIPT, tmp_path)
+    assert [summary["world_size"] for summary in summaries] == [2, 2]
+    for summary in summaries:  # every rank returns the same runs, with rank 0's archive read back
+        assert summary["reco_dir"] == summary["rerun_reco_dir"] == str(run / "reco" / "model")
+        assert summary["model_dir"] == summary["rerun_model_dir"] == str(run / "plus" / "model")
+        assert summary["pseudo_labels"] == str(run / "plus" / "pseudo_labels.npy")
+        assert summary["archive"] == summaries[0]["archive"]
+        assert summary["purity"] == summaries[0]["purity"]
+        assert summary["steps"] == 3
+    assert [concept["concept"] for concept in summaries[0]["archive"]["concepts"]] == ["cow", "grass", "sky"]
+
+    _assert_identical_replicas(states, "reco-plus")
+    _assert_disjoint_batches(summaries, "reco-plus", 3)
+    plus = ReCoPlusRecipe(num_images=6, batch_size=2)
+    labels = np.load(run / "plus" / "pseudo_labels.npy")
+    one_process = reco_module._PseudoLabelBatches(WorldImages(plus.world, plus.split, 6), labels, plus)
+    _assert_one_process_batches(summaries, "reco-plus", lambda b: one_process.batch(b)["images"], 3)
+
+    # Rank 0 alone curated and co-segmented (once per call) and pseudo-labelled (once: the re-run reuses them).
+    assert summaries[0]["calls"] == {"curate_archive": 2, "reference_embeddings": 2, "make_pseudo_labels": 1}
+    assert summaries[1]["calls"] == {}
+    # Rank 1 wrote at most its own shards of the embedding store (these 24 images make one shard, rank 0's).
+    others = _files(summaries[1]["writes"])
+    assert all(path.startswith("reco/store/shard-") for path in others), sorted(others)
+    assert not others & _files(summaries[0]["writes"])
+    written = _files(summaries[0]["first_writes"])
+    for name in (
+        "reco/store/manifest.json",
+        "reco/archive.json",
+        "reco/purity.json",
+        "reco/model/reco.json",
+        f"reco/model/{REFERENCES_FILE_NAME}",
+        "plus/recipe.yaml",
+        "plus/pseudo_labels.npy",
+        "plus/model/reco_plus.json",
+        "plus/model/model.safetensors",
+    ):
+        assert name in written, f"rank 0 did not write {name}: {sorted(written)}"
+    assert (run / "plus" / "checkpoints" / "latest").read_text().strip() == "step_00000003"
+    _assert_no_temporary_files(run)
+
+    # The folders load with the methods' loaders; ReCo+ holds rank 0's trained weights (stored in fp16).
+    assert load_reference_embeddings(run / "reco" / "model").names == ("cow", "grass")
+    assert read_reco_plus_info(run / "plus" / "model").label_names == ("cow", "grass")
+    _assert_export_is_rank0(load_file(run / "plus" / "model" / "model.safetensors"), states[0]["reco-plus"]["state"])
+    assert load_reco_plus(run / "plus" / "model").label_names == ("cow", "grass")
+
+
 def _swap_metadata_order(path: Path) -> None:
     """Rewrite a safetensors header with its ``__metadata__`` entries in reverse order (what another process may
     write for the same weights); the tensors and their offsets stay as they are."""
@@ -452,3 +845,83 @@ def test_each_rank_takes_every_world_size_th_batch() -> None:
         assert all(torch.equal(second[i][key], one[2 * i + 1][key]) for key in one[0])
     with pytest.raises(ValueError, match="rank must be in"):
         CopyPasteBatches(pseudo, config, num_batches=4, rank=-1, world_size=2, **common)
+
+
+class _Items(Dataset[dict[str, torch.Tensor]]):
+    """Item ``b``: its index and a draw seeded by it (a stand-in for a dataset of whole batches)."""
+
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        noise = torch.rand(3, generator=torch.Generator().manual_seed(index))
+        return {"index": torch.tensor(index), "noise": noise}
+
+
+def _old_batch_loader(dataset: Dataset[dict[str, torch.Tensor]], workers: int) -> Any:
+    """``batch_loader`` as it was before the ranks split the batches (a copy of its index logic)."""
+
+    def batches(start_batch: int) -> Any:
+        yield from DataLoader(
+            dataset,
+            batch_size=None,
+            sampler=range(start_batch, len(dataset)),  # type: ignore[arg-type]
+            num_workers=workers,
+            prefetch_factor=4 if workers > 0 else None,
+            persistent_workers=False,
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    return batches
+
+
+def test_batch_loader_in_one_process_is_unchanged_and_ranks_split_its_sequence() -> None:
+    dataset = _Items()
+    for start in (0, 3):  # a fresh and a resumed run
+        old = list(itertools.islice(_old_batch_loader(dataset, 0)(start), 6))
+        new = list(itertools.islice(batch_loader(dataset, 0)(start), 6))
+        assert [int(batch["index"]) for batch in new] == list(range(start, start + 6))
+        for before, after in zip(old, new, strict=True):
+            assert before.keys() == after.keys()
+            assert all(torch.equal(before[key], after[key]) for key in before)
+    # Rank r of 3, resumed after 2 of its batches: items 2·3 + r, 3·3 + r, ...; the ranks never share an item.
+    seen: set[int] = set()
+    for rank in range(3):
+        indices = [
+            int(batch["index"]) for batch in itertools.islice(batch_loader(dataset, 0, rank=rank, world_size=3)(2), 4)
+        ]
+        assert indices == [i * 3 + rank for i in range(2, 6)]
+        assert not seen & set(indices)
+        seen |= set(indices)
+    for rank, world_size in ((2, 2), (-1, 2), (0, 0)):
+        with pytest.raises(ValueError, match="rank must be in"):
+            batch_loader(dataset, 0, rank=rank, world_size=world_size)
+
+
+def test_step_functions_count_optimiser_steps_over_the_ranks() -> None:
+    """Under W processes with A micro-batches a step, batch b belongs to optimiser step b // (A·W)."""
+    recipe = SimConRecipe(
+        model=GROUPVIT_TINY_CONFIG,
+        batch_size=2,
+        loss=SimConLossSettings(kind="simcon", threshold=0.9, milestones=(0.25, 0.5)),
+        train=TrainConfig(max_steps=4, grad_accum_steps=2),
+    )
+    module = SimConModule(new_grouping_model(GROUPVIT_TINY_CONFIG, 0), None)
+    module.eval()
+    tokenizer = groupvit_tokenizer(GROUPVIT_TINY_CONFIG.text.context_length)
+    views = WorldViewBatches(
+        WorldConfig(seed=11), 2, tokenizer, GROUPVIT_TINY_CONFIG.normalization, views=SIMCON_VIEWS, seed=0
+    )
+    batch = views[0]
+    for world_size, expected in ((1, [0.9, 0.9, 0.85, 0.85, 0.8, 0.8]), (2, [0.9] * 4 + [0.85, 0.85])):
+        step = simcon_step(recipe, world_size)
+        thresholds = []
+        for index in range(6):
+            output = step(module, batch | {"batch_index": torch.tensor(index)})
+            assert output.metrics is not None
+            thresholds.append(output.metrics["threshold"])
+        assert thresholds == pytest.approx(expected)
+    with pytest.raises(ValueError, match="world_size must be >= 1"):
+        simcon_step(recipe, 0)
+    with pytest.raises(ValueError, match="grad_accum_steps and world_size must be >= 1"):
+        pgseg_step(PGLossSettings(), 0, 1, world_size=0)

@@ -11,6 +11,8 @@ loads it exactly as it would load ``ViT-B-16``/``openai``::
 
 Data: batch ``b`` holds images ``b·B .. (b+1)·B − 1`` of the world's ``pairs`` split, each a pure function of
 (world config, index), so every step sees fresh images and a resumed run sees exactly the batches it would have.
+Under ``torchrun`` the ranks split that one sequence (:func:`batch_loader`): rank ``r`` of ``W`` takes batches
+``r, r + W, ...``, and the contrastive loss sees the global batch of ``W·B`` pairs; rank 0 alone writes the files.
 Loss: symmetric InfoNCE with CLIP's learnable temperature (clamped at 100). Optimiser: AdamW, betas (0.9, 0.98),
 weight decay 0.1 on matrices only, cosine schedule with linear warm-up; the settings of the design study
 (``docs/synthetic-world.md``), where 5 minutes on 2 CPU cores already classify the world's things zero-shot.
@@ -46,7 +48,7 @@ from seg_models.clip import (
     register_model_config,
 )
 from seg_models.weights import export_state_dict
-from seg_train import StepOutput, Trainer, TrainResult, build_optimizer, unwrap_model
+from seg_train import StepOutput, Trainer, TrainResult, barrier, build_optimizer, init_distributed, unwrap_model
 
 __all__ = [
     "SyntheticClipRecipe",
@@ -122,19 +124,41 @@ class WorldPairBatches(Dataset[dict[str, Tensor]]):
         return {"images": images, "tokens": tokens}
 
 
-def batch_loader(dataset: Dataset[dict[str, Tensor]], workers: int) -> Callable[[int], Iterator[dict[str, Tensor]]]:
+def batch_loader(
+    dataset: Dataset[dict[str, Tensor]], workers: int, *, rank: int = 0, world_size: int = 1
+) -> Callable[[int], Iterator[dict[str, Tensor]]]:
     """The engine's ``batches(start_batch)`` factory over a map-style dataset of whole batches.
+
+    Rank ``rank`` of ``world_size`` takes items ``rank, rank + world_size, ...``: its ``i``-th batch is item
+    ``i * world_size + rank``, so the ranks of a ``torchrun`` job split the one-process sequence of batches between
+    them, and ``start_batch`` (the batches this rank already consumed) resumes each rank where it stopped. With the
+    defaults (one process) the batches are items ``start_batch, start_batch + 1, ...``. A dataset that already
+    gives each rank its own items (ZUTIS's ``CopyPasteBatches``) keeps the defaults.
 
     The DataLoader gets its own generator: by default every new loader iterator draws its base seed from torch's
     global RNG, which a resumed run would consume at a different moment than an uninterrupted one, shifting every
     later random draw of the training step (e.g. GroupViT's Gumbel noise) and breaking exact resume.
+
+    Args:
+        dataset: Item ``b`` is batch ``b`` (a pure function of ``b``).
+        workers: DataLoader worker processes (0 loads in this process).
+        rank: This process's rank (``DistributedContext.rank``; 0 in one process).
+        world_size: Number of processes (``DistributedContext.world_size``; 1 in one process).
+
+    Raises:
+        ValueError: ``world_size < 1`` or ``rank`` outside ``[0, world_size)``.
     """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(
+            f"rank must be in [0, world_size) with world_size >= 1, got rank={rank}, {world_size=}; pass the "
+            "DistributedContext's rank and world_size"
+        )
 
     def batches(start_batch: int) -> Iterator[dict[str, Tensor]]:
         loader = DataLoader(
             dataset,
             batch_size=None,
-            sampler=range(start_batch, len(dataset)),  # type: ignore[arg-type]
+            sampler=range(start_batch * world_size + rank, len(dataset), world_size),  # type: ignore[arg-type]
             num_workers=workers,
             prefetch_factor=4 if workers > 0 else None,
             persistent_workers=False,
@@ -223,6 +247,10 @@ def train_synthetic_clip(
 ) -> SyntheticClipRun:
     """Train the recipe with the seg-train engine and export the ``local-dir:`` model to ``out_dir/model``.
 
+    Under ``torchrun`` every process calls it alike: the ranks train data-parallel, each on its own batches
+    (:func:`batch_loader`), with the contrastive negatives gathered over all of them; rank 0 alone writes
+    ``recipe.yaml``, the checkpoints and the model folder, and every rank returns once the folder is complete.
+
     Args:
         recipe: The recipe.
         out_dir: Run folder: ``recipe.yaml``, ``checkpoints/``, ``tensorboard/`` and ``model/``.
@@ -233,9 +261,12 @@ def train_synthetic_clip(
     Returns:
         The exported model folder (load it with ``load_clip(f"local-dir:{folder}")``) and the training result.
     """
+    # Under torchrun: join the process group now (the Trainer would later), gloo for a CPU run even where CUDA is.
+    context = init_distributed("gloo" if torch.device(device).type == "cpu" else None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    recipe.save(out_dir / "recipe.yaml")
+    if context.is_main:
+        recipe.save(out_dir / "recipe.yaml")
     torch.manual_seed(recipe.train.seed)
     clip = build_synthetic_clip(recipe)
     clip.train()
@@ -244,9 +275,14 @@ def train_synthetic_clip(
     )
     dataset = WorldPairBatches(recipe.world, recipe.batch_size, clip.tokenizer, clip.normalization)
     trainer = Trainer(recipe.train, clip.model, optimizer, clip_step, out_dir=out_dir, device=device, log=log)
-    result = trainer.fit(batch_loader(dataset, recipe.workers), resume_from="latest" if resume else None)
+    loader = batch_loader(dataset, recipe.workers, rank=context.rank, world_size=context.world_size)
+    result = trainer.fit(loader, resume_from="latest" if resume else None)
     clip.eval()
-    return SyntheticClipRun(export_local_dir(clip, recipe.model_cfg, out_dir / "model"), result)
+    model_dir = out_dir / "model"
+    if context.is_main:
+        export_local_dir(clip, recipe.model_cfg, model_dir)
+    barrier()  # every rank returns once the model folder is complete
+    return SyntheticClipRun(model_dir, result)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -15,6 +15,11 @@ reference CLIP, :class:`seg_trainers.clip.WorldPairBatches`), so a resumed run s
 have. No image augmentation: the official RandomResizedCrop (0.08-1) would cut most things out of a 64-px world
 image, and flips would not change what a caption says.
 
+Under ``torchrun`` rank ``r`` of ``W`` takes batches ``r, r + W, ...`` of that sequence
+(:func:`seg_trainers.clip.batch_loader`), the InfoNCE negatives are the global batch, and rank 0 alone writes the
+files; a step that needs more than the model's ``forward`` (PGSeg's) runs through the DDP wrapper with
+:func:`run_as_forward`, so that the ranks' gradients are averaged.
+
 Model folders: GroupViT writes :func:`seg_models.groupvit.save_groupvit`'s ``config.json`` + ``model.safetensors``,
 PGSeg :func:`seg_models.pgseg.save_pgseg`'s ``pgseg.json`` + ``model.safetensors`` (fp16), each with
 ``training.json`` (the recipe and the run's last record).
@@ -26,7 +31,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from pydantic import Field, PositiveInt
@@ -47,7 +52,7 @@ from seg_models.groupvit import (
     save_groupvit,
 )
 from seg_models.pgseg import PGSeg, PGSegConfig, save_pgseg
-from seg_train import StepOutput, Trainer, TrainResult, build_optimizer, unwrap_model
+from seg_train import StepOutput, Trainer, TrainResult, barrier, build_optimizer, init_distributed
 from seg_trainers.clip import WorldPairBatches, batch_loader
 
 __all__ = [
@@ -65,8 +70,12 @@ __all__ = [
     "new_grouping_model",
     "pgseg_loss_terms",
     "pgseg_step",
+    "run_as_forward",
     "train_groupvit",
 ]
+
+B = TypeVar("B")
+T = TypeVar("T")
 
 TRAINING_FILE = "training.json"
 
@@ -123,7 +132,8 @@ class GroupViTRecipe(MethodConfig):
             GroupViT part from it and initialises its PG units; the official PGSeg release fine-tunes a trained
             GroupViT this way). ``None``: train from scratch.
         data_offset: Batches of the ``pairs`` split to skip, so a run started ``init_from`` a model trained on the
-            first batches sees new images (e.g. that run's ``max_steps``).
+            first batches sees new images (e.g. that run's ``max_steps``; a run on ``W`` torchrun processes used
+            ``max_steps × grad_accum_steps × W`` batches).
     """
 
     method: Literal["groupvit"] = "groupvit"
@@ -239,7 +249,8 @@ _PG_UNIT_KEYS = ("reconstructions.", "image_prototypes_", "text_prototypes_")
 
 
 class _IndexedBatches(Dataset[dict[str, Tensor]]):
-    """The world's pair batches from ``offset`` on, with their index in this run (the step a batch belongs to)."""
+    """The world's pair batches from ``offset`` on, with their index in this run's one-process sequence of batches
+    (batch ``b`` belongs to optimiser step ``b // (grad_accum_steps × world_size)``)."""
 
     def __init__(self, batches: WorldPairBatches, offset: int = 0) -> None:
         self.batches = batches
@@ -262,6 +273,36 @@ def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, A
         skip = parameter.ndim < 2 or "logit_scale" in name or name.endswith(("pos_embed", "group_tokens"))
         (no_decay if skip else decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def run_as_forward(model: nn.Module, compute: Callable[[nn.Module, B], T], batch: B) -> T:
+    """``compute(inner, batch)`` on the module inside ``model``, run as ``model``'s forward when ``model`` is a DDP
+    wrapper.
+
+    DistributedDataParallel averages the ranks' gradients only after a forward through the wrapper (which prepares
+    the reducer for the backward); a step that calls another method of the unwrapped model (PGSeg's
+    ``training_forward``, SimCon's prediction head) would leave each rank with its own gradients and the replicas
+    would drift apart. Here the wrapper's forward runs ``compute`` instead of the module's ``forward`` (for that one
+    call), so the step's whole computation is the forward DDP sees; ``batch`` goes through the wrapper as the
+    forward's input (DDP moves it to the wrapper's device, where the engine already put it). Return only tensors
+    the loss uses (or detached ones, or plain numbers) from ``compute``: with ``find_unused_parameters`` DDP treats
+    every parameter reachable from the output as used. Without a wrapper (one process) this is just
+    ``compute(model, batch)``.
+
+    Args:
+        model: The model the engine passes to the step (DDP-wrapped under ``torchrun``).
+        compute: The step's computation on the unwrapped module and the batch.
+        batch: The step's batch.
+    """
+    if not isinstance(model, nn.parallel.DistributedDataParallel):
+        return compute(model, batch)
+    inner = model.module
+    inner.__dict__["forward"] = lambda moved: compute(inner, moved)  # shadows the class's forward for this call
+    try:
+        result: T = model(batch)
+    finally:
+        del inner.__dict__["forward"]
+    return result
 
 
 def groupvit_step(model: nn.Module, batch: dict[str, Tensor]) -> StepOutput:
@@ -302,27 +343,54 @@ def pgseg_loss_terms(forward: Any, settings: PGLossSettings) -> dict[str, Tensor
     return terms
 
 
-def pgseg_step(settings: PGLossSettings, start_step: int, grad_accum_steps: int = 1) -> Callable[..., StepOutput]:
-    """The PGSeg step: InfoNCE plus, from optimiser step ``start_step`` on, λ/β-weighted PG losses."""
+def pgseg_step(
+    settings: PGLossSettings, start_step: int, grad_accum_steps: int = 1, world_size: int = 1
+) -> Callable[..., StepOutput]:
+    """The PGSeg step: InfoNCE plus, from optimiser step ``start_step`` on, λ/β-weighted PG losses.
+
+    A batch's optimiser step is its ``batch_index`` (its place in the one-process sequence of batches) divided by
+    ``grad_accum_steps × world_size``. The step runs through the DDP wrapper (:func:`run_as_forward`). Every
+    parameter gets a gradient in every step, before ``start_step`` too (the I-NPR reconstructions are part of the
+    vision forward), so DDP needs no ``find_unused_parameters``.
+
+    Args:
+        settings: The PG losses.
+        start_step: First optimiser step with the PG losses on.
+        grad_accum_steps: Micro-batches per optimiser step.
+        world_size: Processes the batches are split over (1 in one process).
+
+    Raises:
+        ValueError: ``grad_accum_steps`` or ``world_size`` below 1.
+    """
+    if grad_accum_steps < 1 or world_size < 1:
+        raise ValueError(
+            f"grad_accum_steps and world_size must be >= 1, got {grad_accum_steps=}, {world_size=}; pass the "
+            "recipe's train.grad_accum_steps and the DistributedContext's world_size"
+        )
+    batches_per_step = grad_accum_steps * world_size
 
     def step(model: nn.Module, batch: dict[str, Tensor]) -> StepOutput:
-        pgseg: Any = unwrap_model(model)
-        forward = pgseg.training_forward(batch["images"], batch["tokens"])
-        contrastive = info_nce_loss(
-            gather_batch(forward.image_embeddings), gather_batch(forward.text_embeddings), forward.logit_scale.log()
-        )
-        terms = pgseg_loss_terms(forward, settings)
-        active = int(batch["batch_index"]) // grad_accum_steps >= start_step
-        loss = contrastive
-        if active:
-            for name, value in terms.items():
-                if name.startswith("pg_image_"):
-                    loss = loss + settings.image_weight * value
-                elif name.startswith("pg_text_"):
-                    loss = loss + settings.text_weight * value
-        metrics = {"info_nce": float(contrastive.detach()), "logit_scale": float(forward.logit_scale.detach())}
-        metrics |= {name: float(value.detach()) for name, value in terms.items()}
-        return StepOutput(loss=loss, metrics=metrics, num_samples=len(forward.image_embeddings))
+        def compute(pgseg: Any, batch: dict[str, Tensor]) -> StepOutput:
+            forward = pgseg.training_forward(batch["images"], batch["tokens"])
+            contrastive = info_nce_loss(
+                gather_batch(forward.image_embeddings),
+                gather_batch(forward.text_embeddings),
+                forward.logit_scale.log(),
+            )
+            terms = pgseg_loss_terms(forward, settings)
+            active = int(batch["batch_index"]) // batches_per_step >= start_step
+            loss = contrastive
+            if active:
+                for name, value in terms.items():
+                    if name.startswith("pg_image_"):
+                        loss = loss + settings.image_weight * value
+                    elif name.startswith("pg_text_"):
+                        loss = loss + settings.text_weight * value
+            metrics = {"info_nce": float(contrastive.detach()), "logit_scale": float(forward.logit_scale.detach())}
+            metrics |= {name: float(value.detach()) for name, value in terms.items()}
+            return StepOutput(loss=loss, metrics=metrics, num_samples=len(forward.image_embeddings))
+
+        return run_as_forward(model, compute, batch)
 
     return step
 
@@ -346,6 +414,12 @@ def train_groupvit(
 ) -> GroupViTRun:
     """Train a GroupViT or PGSeg recipe with the seg-train engine; write the model folder to ``out_dir/model``.
 
+    Under ``torchrun`` every process calls it alike: the ranks train data-parallel, each on its own batches
+    (:func:`seg_trainers.clip.batch_loader`), with the InfoNCE negatives gathered over all of them; rank 0 alone
+    writes ``recipe.yaml``, the checkpoints and the model folder, and every rank returns once the folder is complete.
+    The replicas stay identical but for buffers each rank updates from its own batch (BatchNorm statistics, PGSeg's
+    momentum prototypes), which DDP resets to rank 0's at every forward; the export has rank 0's.
+
     Args:
         recipe: A :class:`GroupViTRecipe` or :class:`PGSegRecipe`.
         out_dir: Run folder: ``recipe.yaml``, ``checkpoints/``, ``tensorboard/`` and ``model/``.
@@ -353,9 +427,12 @@ def train_groupvit(
         device: Training device.
         log: Receives the engine's log lines.
     """
+    # Under torchrun: join the process group now (the Trainer would later), gloo for a CPU run even where CUDA is.
+    context = init_distributed("gloo" if torch.device(device).type == "cpu" else None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    recipe.save(out / "recipe.yaml")
+    if context.is_main:
+        recipe.save(out / "recipe.yaml")
     model = build_model(recipe)
     model.train()
     optimizer = build_optimizer(
@@ -365,15 +442,20 @@ def train_groupvit(
     pairs = WorldPairBatches(recipe.world, recipe.batch_size, tokenizer, recipe.groupvit_config().normalization)
     if isinstance(recipe, PGSegRecipe):
         start = round(recipe.pg.start * recipe.train.max_steps)
-        step_fn = pgseg_step(recipe.pg, start, recipe.train.grad_accum_steps)
+        step_fn = pgseg_step(recipe.pg, start, recipe.train.grad_accum_steps, context.world_size)
     else:
         step_fn = groupvit_step
     trainer = Trainer(recipe.train, model, optimizer, step_fn, out_dir=out, device=device, log=log)
-    result = trainer.fit(
-        batch_loader(_IndexedBatches(pairs, recipe.data_offset), recipe.workers),
-        resume_from="latest" if resume else None,
+    loader = batch_loader(
+        _IndexedBatches(pairs, recipe.data_offset), recipe.workers, rank=context.rank, world_size=context.world_size
     )
-    return GroupViTRun(export_grouping_model(model, out / "model", recipe.method, recipe, result), result)
+    result = trainer.fit(loader, resume_from="latest" if resume else None)
+    model_dir = out / "model"
+    if context.is_main:
+        export_grouping_model(model, model_dir, recipe.method, recipe, result)
+    model.eval()
+    barrier()  # every rank returns once the model folder is complete
+    return GroupViTRun(model_dir, result)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

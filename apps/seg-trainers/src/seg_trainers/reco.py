@@ -21,6 +21,11 @@ person) is the paper's.
 **ReCo+** (:func:`train_reco_plus`): ReCo segments the unlabelled target images; a DeepLabv3+ is trained on those
 pseudo-labels with the paper's augmentations through the seg-train engine, and saved as fp16 safetensors with its
 config; :func:`load_reco_plus` turns the folder into a :class:`seg_models.closed_set.ClosedSetSegmenter`.
+
+Under ``torchrun`` every process calls the recipes alike: the ranks split the collection's embedding shards
+(:func:`seg_retrieval.store.embed_collection`) and ReCo+'s training batches (rank ``r`` of ``W`` takes batches
+``r, r + W, ...`` of the one-process sequence); rank 0 alone curates, co-segments, pseudo-labels and writes every
+other file, while the others wait at a barrier and read back what they need.
 """
 
 from __future__ import annotations
@@ -76,10 +81,10 @@ from seg_models.reco import (
 )
 from seg_models.refiners import make_refiner
 from seg_models.weights import export_state_dict
-from seg_retrieval.curate import archive_purity, curate_archive, save_archive
+from seg_retrieval.curate import archive_purity, curate_archive, load_archive, save_archive
 from seg_retrieval.index import IndexConfig, build_index
 from seg_retrieval.store import EmbeddingStore, embed_collection
-from seg_train import StepOutput, Trainer, TrainResult, build_optimizer, unwrap_model
+from seg_train import StepOutput, Trainer, TrainResult, barrier, build_optimizer, init_distributed, unwrap_model
 from seg_train.augment import SegAugmentConfig, augment_pair
 
 __all__ = [
@@ -244,13 +249,21 @@ def build_reco(
     ``out_dir`` also keeps the embedding store (``store/``, resumable), the index (``index/``), the archive
     (``archive.json``) and its purity (``purity.json``), so a re-run after a crash or with other concepts reuses them.
 
+    Under ``torchrun`` every process calls it alike: the ranks split the embedding of the collection
+    (:func:`retrieve_world_archive`), rank 0 alone co-segments and writes the model folder, and every rank returns
+    the same run once the folder is complete.
+
     Args:
         recipe: The settings.
         clip: The loaded CLIP (``recipe.clip`` resolved by the caller).
         out_dir: Run folder.
         clip_source: How to load ``clip`` again (recorded in ``reco.json``).
-        progress: Called as ``progress(stage, done, total)``.
+        progress: Called as ``progress(stage, done, total)`` (on rank 0 only under ``torchrun``).
     """
+    # Under torchrun: join the process group now, gloo for a CPU CLIP even where CUDA is.
+    main = init_distributed("gloo" if clip.device.type == "cpu" else None).is_main
+    if not main:
+        progress = None  # rank 0 reports
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -276,51 +289,57 @@ def build_reco(
     seconds["embed"] = retrieved.seconds["embed"]
     seconds["retrieve"] = retrieved.seconds["retrieve"]
 
-    start = time.perf_counter()
-    backbone = build_coseg_backbone(recipe.backbone, clip)
-    features: dict[str, Tensor] = {}
-    saliency: dict[str, Tensor] = {}
-    text_by_name = dict(zip(retrieve_names, text, strict=True))
-    with torch.no_grad():
-        for done, name in enumerate(retrieve_names):
-            pixels = torch.stack([collection.pixels(i) for i in archive_indices(archive[name].image_ids, collection)])
-            pixels = pixels.to(clip.device)
-            features[name] = backbone(pixels)
-            dense = clip.dense_features(
-                normalize_images(pixels, clip.normalization.mean, clip.normalization.std)
-            ).float()
-            saliency[name] = saliency_weights(dense, text_by_name[name], temperature=recipe.coseg.saliency_temperature)
-            if progress is not None:
-                progress("co-segment", done + 1, len(retrieve_names))
-        targets = {name: features[name] for name in names}
-        context_only = {name: features[name] for name in context if name not in targets}
-        references = reference_embeddings(
-            targets,
-            saliency=saliency if recipe.coseg.language_guided else None,
-            config=recipe.coseg,
-            context_features=context_only or None,
-        )
-    seconds["co-segment"] = time.perf_counter() - start
-
     model_dir = out / "model"
-    embeddings = torch.stack([references[name] for name in names]).cpu()
-    save_reference_embeddings(
-        ReferenceEmbeddings(
-            names=names,
-            embeddings=embeddings.half(),
-            backbone=recipe.backbone,
-            metadata={"clip": clip_source, "k": recipe.k, "collection": f"world seed {recipe.world.seed} index"},
-        ),
-        model_dir,
-    )
-    info = {
-        "method": "reco",
-        "clip": clip_source,
-        "options": recipe.options.model_dump(mode="json"),
-        "recipe": recipe.model_dump(mode="json"),
-        "seconds": seconds,
-    }
-    (model_dir / RECO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    if main:  # under torchrun the other ranks wait at the barrier below
+        start = time.perf_counter()
+        backbone = build_coseg_backbone(recipe.backbone, clip)
+        features: dict[str, Tensor] = {}
+        saliency: dict[str, Tensor] = {}
+        text_by_name = dict(zip(retrieve_names, text, strict=True))
+        with torch.no_grad():
+            for done, name in enumerate(retrieve_names):
+                pixels = torch.stack(
+                    [collection.pixels(i) for i in archive_indices(archive[name].image_ids, collection)]
+                )
+                pixels = pixels.to(clip.device)
+                features[name] = backbone(pixels)
+                dense = clip.dense_features(
+                    normalize_images(pixels, clip.normalization.mean, clip.normalization.std)
+                ).float()
+                saliency[name] = saliency_weights(
+                    dense, text_by_name[name], temperature=recipe.coseg.saliency_temperature
+                )
+                if progress is not None:
+                    progress("co-segment", done + 1, len(retrieve_names))
+            targets = {name: features[name] for name in names}
+            context_only = {name: features[name] for name in context if name not in targets}
+            references = reference_embeddings(
+                targets,
+                saliency=saliency if recipe.coseg.language_guided else None,
+                config=recipe.coseg,
+                context_features=context_only or None,
+            )
+        seconds["co-segment"] = time.perf_counter() - start
+
+        embeddings = torch.stack([references[name] for name in names]).cpu()
+        save_reference_embeddings(
+            ReferenceEmbeddings(
+                names=names,
+                embeddings=embeddings.half(),
+                backbone=recipe.backbone,
+                metadata={"clip": clip_source, "k": recipe.k, "collection": f"world seed {recipe.world.seed} index"},
+            ),
+            model_dir,
+        )
+        info = {
+            "method": "reco",
+            "clip": clip_source,
+            "options": recipe.options.model_dump(mode="json"),
+            "recipe": recipe.model_dump(mode="json"),
+            "seconds": seconds,
+        }
+        (model_dir / RECO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    barrier()  # every rank returns once the model folder is complete
     return ReCoRun(model_dir=model_dir, archive=archive, purity=purity, seconds=seconds)
 
 
@@ -363,6 +382,10 @@ def retrieve_world_archive(
     The retrieval stage ReCo and ZUTIS share. ``out_dir`` keeps the embedding store (``store/``, resumable across
     crashes and re-runs), ``archive.json`` and ``purity.json``.
 
+    Under ``torchrun`` every process calls it alike (it joins the process group if the caller has not): the ranks
+    embed their shards of the store, rank 0 alone indexes, curates and writes ``archive.json`` and ``purity.json``,
+    and the others wait at a barrier and read both back, so every rank returns the same archive.
+
     Args:
         clip: The CLIP whose image and text embeddings retrieve.
         world: The world whose ``index`` split is the unlabelled collection.
@@ -375,8 +398,9 @@ def retrieve_world_archive(
         index: The nearest-neighbour index (default: exact).
         batch_size: Images per forward pass.
         dedup_threshold: Drop a retrieved image this close (cosine) to a better-ranked one; ``None``: keep all.
-        progress: Called as ``progress(stage, done, total)`` with stage ``embed``.
+        progress: Called as ``progress(stage, done, total)`` with stage ``embed`` (by rank 0 only under ``torchrun``).
     """
+    main = init_distributed("gloo" if clip.device.type == "cpu" else None).is_main
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -391,28 +415,40 @@ def retrieve_world_archive(
         collection_id=f"world {world.model_dump_json()} index 0..{collection_size - 1}",
         progress=False if progress is None else _stage(progress, "embed"),
     )
-    store = EmbeddingStore.open(out / "store")
     seconds["embed"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    built = build_index(store, index if index is not None else IndexConfig())
     text = _text_embeddings(clip, names, templates)
-    archive = curate_archive(
-        built,
-        tuple(names),
-        text,
-        k,
-        encoder=clip_source,
-        store=str(out / "store"),
-        templates=templates,
-        dedup_threshold=dedup_threshold,
-    )
-    save_archive(archive, out / "archive.json")
-    image_labels = {collection.image_id(i): collection.labels(i) for i in _archive_indices(archive, collection)}
-    purity = archive_purity(archive, image_labels, ks=sorted({1, 5, 10, 20, 30, 40, 50, 100, k} & set(range(1, k + 1))))
-    (out / "purity.json").write_text(json.dumps(purity, indent=2, sort_keys=True) + "\n")
+    archive_path, purity_path = out / "archive.json", out / "purity.json"
+    if main:
+        store = EmbeddingStore.open(out / "store")
+        built = build_index(store, index if index is not None else IndexConfig())
+        archive = curate_archive(
+            built,
+            tuple(names),
+            text,
+            k,
+            encoder=clip_source,
+            store=str(out / "store"),
+            templates=templates,
+            dedup_threshold=dedup_threshold,
+        )
+        save_archive(archive, archive_path)
+        image_labels = {collection.image_id(i): collection.labels(i) for i in _archive_indices(archive, collection)}
+        ks = sorted({1, 5, 10, 20, 30, 40, 50, 100, k} & set(range(1, k + 1)))
+        purity = archive_purity(archive, image_labels, ks=ks)
+        purity_path.write_text(json.dumps(purity, indent=2, sort_keys=True) + "\n")
+    barrier()  # under torchrun the other ranks wait for rank 0's archive.json and purity.json
+    if not main:
+        archive, purity = load_archive(archive_path), _read_purity(purity_path)
     seconds["retrieve"] = time.perf_counter() - start
     return RetrievedArchive(archive=archive, collection=collection, text=text, purity=purity, seconds=seconds)
+
+
+def _read_purity(path: Path) -> dict[str, dict[int, float]]:
+    """``purity.json`` as :func:`seg_retrieval.curate.archive_purity` returned it (JSON made its ``k`` strings)."""
+    data: dict[str, dict[str, float]] = json.loads(path.read_text())
+    return {name: {int(k): float(value) for k, value in by_k.items()} for name, by_k in data.items()}
 
 
 def archive_indices(image_ids: Sequence[str], collection: WorldImages) -> list[int]:
@@ -516,12 +552,28 @@ def make_pseudo_labels(
 
 
 class _PseudoLabelBatches:
-    """Batch ``b``: ``batch_size`` target images drawn with a generator seeded by ``(seed, b)``, augmented."""
+    """Batch ``b``: ``batch_size`` target images drawn with a generator seeded by ``(seed, b)``, augmented.
 
-    def __init__(self, images: WorldImages, labels: npt.NDArray[np.uint8], recipe: ReCoPlusRecipe) -> None:
+    Under ``torchrun`` the ``i``-th batch of rank ``r`` (of ``world_size``) is batch ``i * world_size + r``: the
+    ranks split the one-process sequence (with the defaults, one process, it is batch ``i``).
+    """
+
+    def __init__(
+        self,
+        images: WorldImages,
+        labels: npt.NDArray[np.uint8],
+        recipe: ReCoPlusRecipe,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size) with world_size >= 1, got rank={rank}, {world_size=}")
         self.images = images
         self.labels = labels
         self.recipe = recipe
+        self.rank = rank
+        self.world_size = world_size
 
     def batch(self, batch_index: int) -> dict[str, Tensor]:
         generator = torch.Generator().manual_seed(self.recipe.train.seed * 1_000_003 + batch_index)
@@ -537,9 +589,10 @@ class _PseudoLabelBatches:
         return {"images": images, "labels": torch.stack([label for _, label in pairs])}
 
     def factory(self, start_batch: int) -> Iterator[dict[str, Tensor]]:
+        """This rank's batches from its ``start_batch``-th on, endlessly (a :data:`seg_train.BatchesFactory`)."""
         batch_index = start_batch
         while True:
-            yield self.batch(batch_index)
+            yield self.batch(batch_index * self.world_size + self.rank)
             batch_index += 1
 
 
@@ -574,6 +627,10 @@ def train_reco_plus(
 ) -> ReCoPlusRun:
     """Pseudo-label the target images with ``reco`` and train the recipe's DeepLabv3+ on them.
 
+    Under ``torchrun`` every process calls it alike: rank 0 alone pseudo-labels (the others wait and read its
+    ``pseudo_labels.npy``), the ranks train data-parallel, each on its own batches, and rank 0 alone writes
+    ``recipe.yaml``, the checkpoints and the model folder; every rank returns once the folder is complete.
+
     Args:
         recipe: The settings.
         reco: The ReCo segmenter (any :class:`seg_core.Segmenter` works: the recipe only needs its label maps).
@@ -583,21 +640,18 @@ def train_reco_plus(
         resume: Continue from the newest checkpoint in ``out_dir``.
         device: Training device.
         log: Receives the engine's log lines.
-        progress: Called as ``progress("pseudo-label", done, total)``.
+        progress: Called as ``progress("pseudo-label", done, total)`` (on rank 0 only under ``torchrun``).
     """
+    # Under torchrun: join the process group now (the Trainer would later), gloo for a CPU run even where CUDA is.
+    context = init_distributed("gloo" if torch.device(device).type == "cpu" else None)
+    main = context.is_main
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    recipe.save(out / "recipe.yaml")
+    if main:
+        recipe.save(out / "recipe.yaml")
     images = WorldImages(recipe.world, recipe.split, recipe.num_images)
     labels_path = out / "pseudo_labels.npy"
-    if labels_path.is_file():
-        labels = np.load(labels_path)
-        if labels.shape[0] != recipe.num_images:
-            raise ConfigError(
-                f"num_images: {labels_path} holds {labels.shape[0]} pseudo-labels, the recipe asks for "
-                f"{recipe.num_images}; delete the file or use another run folder"
-            )
-    else:
+    if main and not labels_path.is_file():
         labels = make_pseudo_labels(
             reco,
             images,
@@ -608,6 +662,13 @@ def train_reco_plus(
         tmp = out / "pseudo_labels.tmp.npy"
         np.save(tmp, labels)
         tmp.replace(labels_path)
+    barrier()  # under torchrun the other ranks wait for rank 0's file
+    labels = np.load(labels_path)
+    if labels.shape[0] != recipe.num_images:
+        raise ConfigError(
+            f"num_images: {labels_path} holds {labels.shape[0]} pseudo-labels, the recipe asks for "
+            f"{recipe.num_images}; delete the file or use another run folder"
+        )
 
     torch.manual_seed(recipe.train.seed)
     config = deeplab_preset(recipe.deeplab_preset, concepts.num_labels, **recipe.deeplab_overrides)
@@ -618,19 +679,22 @@ def train_reco_plus(
         optimizer_class=torch.optim.Adam,
         betas=(0.9, 0.999),
     )
-    batches = _PseudoLabelBatches(images, labels, recipe)
+    batches = _PseudoLabelBatches(images, labels, recipe, rank=context.rank, world_size=context.world_size)
     step = _segmentation_step(recipe.augment.ignore_index)
     trainer = Trainer(recipe.train, model, optimizer, step, out_dir=out, device=device, log=log)
     result = trainer.fit(batches.factory, resume_from="latest" if resume else None)
-    model_dir = export_reco_plus(
-        model,
-        config,
-        concepts.label_names,
-        recipe.normalization,
-        out / "model",
-        recipe=recipe,
-        image_size=recipe.augment.crop_hw,
-    )
+    model_dir = out / "model"
+    if main:
+        export_reco_plus(
+            model,
+            config,
+            concepts.label_names,
+            recipe.normalization,
+            model_dir,
+            recipe=recipe,
+            image_size=recipe.augment.crop_hw,
+        )
+    barrier()  # every rank returns once the model folder is complete
     return ReCoPlusRun(model_dir=model_dir, pseudo_labels=labels_path, result=result)
 
 

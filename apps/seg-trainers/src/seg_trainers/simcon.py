@@ -19,6 +19,11 @@ pure function of their position and resume is exact. The paper does not specify 
 
 With a PGSeg model the PG losses of ``pg`` are added on the first view (:func:`seg_trainers.groupvit.pgseg_loss_terms`).
 The exported model folder is the GroupViT's (or PGSeg's); the prediction head is training-only and dropped.
+
+Under ``torchrun`` rank ``r`` of ``W`` takes batches ``r, r + W, ...`` of the one-process sequence
+(:func:`seg_trainers.clip.batch_loader`), so its views are those batches' views; the contrastive terms see the global
+batch, the view loss stays per rank, the step runs through the DDP wrapper
+(:func:`seg_trainers.groupvit.run_as_forward`) so the ranks' gradients are averaged, and rank 0 alone writes files.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from seg_losses.contrastive import PredictionHead
 from seg_losses.distributed import gather_batch
 from seg_models.groupvit import GroupViT, GroupViTConfig, groupvit_tokenizer
 from seg_models.pgseg import PGSeg, PGSegConfig
-from seg_train import StepOutput, Trainer, build_optimizer
+from seg_train import StepOutput, Trainer, barrier, build_optimizer, init_distributed
 from seg_train.augment import SegAugmentConfig, augment_batch
 from seg_trainers.clip import batch_loader
 from seg_trainers.groupvit import (
@@ -52,6 +57,7 @@ from seg_trainers.groupvit import (
     export_grouping_model,
     initial_grouping_model,
     pgseg_loss_terms,
+    run_as_forward,
 )
 
 __all__ = [
@@ -127,8 +133,9 @@ class SimConRecipe(MethodConfig):
         pg: PG losses (used when ``model`` is a PGSeg; switched on after ``pg.start`` of the steps).
         init_from: A GroupViT model folder to start from instead of random weights (as the GroupViT recipe's:
             the SimCon study fine-tunes trained GroupViTs with each objective). ``None``: from scratch.
-        data_offset: Batches of the ``pairs`` split to skip (e.g. the steps ``init_from`` was trained for), so
-            the run sees new images; the λ schedule and the views' seeds count this run's steps.
+        data_offset: Batches of the ``pairs`` split to skip (e.g. the steps ``init_from`` was trained for, times
+            its gradient accumulation and torchrun processes), so the run sees new images; the λ schedule and the
+            views' seeds count this run's batches.
     """
 
     method: Literal["simcon"] = "simcon"
@@ -154,7 +161,8 @@ class WorldViewBatches(Dataset[dict[str, Tensor]]):
 
     Returns ``{"view1", "view2": [B, 3, 64, 64], "tokens": [B, L], "batch_index": []}``; the views are drawn from a
     generator seeded by ``(seed, b)``. With ``offset``, index ``b`` renders the world's batch ``offset + b`` (the
-    images after a model's own) and keeps ``b`` as its ``batch_index`` (the step of this run).
+    images after a model's own) and keeps ``b`` as its ``batch_index`` (its place in this run's one-process
+    sequence of batches: optimiser step ``b // (grad_accum_steps × world_size)``).
     """
 
     def __init__(
@@ -206,61 +214,80 @@ def _image_embeddings(model: GroupViT, images: Tensor) -> Tensor:
     return out
 
 
-def simcon_step(recipe: SimConRecipe) -> Callable[[nn.Module, dict[str, Tensor]], StepOutput]:
-    """The step of ``recipe``'s objective (see the module docstring)."""
+def simcon_step(recipe: SimConRecipe, world_size: int = 1) -> Callable[[nn.Module, dict[str, Tensor]], StepOutput]:
+    """The step of ``recipe``'s objective (see the module docstring).
+
+    A batch's optimiser step (of the λ schedule and the PG start) is its ``batch_index`` divided by
+    ``grad_accum_steps × world_size``. The step runs through the DDP wrapper
+    (:func:`seg_trainers.groupvit.run_as_forward`); outside ``mv-simcon`` the prediction head gets no gradient, so
+    under ``torchrun`` the engine then needs ``ddp_kwargs={"find_unused_parameters": True}`` (as
+    :func:`train_simcon` passes).
+
+    Args:
+        recipe: The recipe.
+        world_size: Processes the batches are split over (1 in one process).
+
+    Raises:
+        ValueError: ``world_size`` below 1.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}; pass the DistributedContext's world_size")
     settings, max_steps = recipe.loss, recipe.train.max_steps
     pg_start = round(recipe.pg.start * max_steps)
+    batches_per_step = recipe.train.grad_accum_steps * world_size
 
     def step(module: nn.Module, batch: dict[str, Tensor]) -> StepOutput:
-        wrapper: Any = module.module if hasattr(module, "module") else module  # unwrap DDP
-        model: GroupViT = wrapper.model
-        step_index = int(batch["batch_index"]) // recipe.train.grad_accum_steps
-        metrics: dict[str, float] = {}
-        pg_terms: dict[str, Tensor] = {}
-        if isinstance(model, PGSeg):
-            forward = model.training_forward(batch["view1"], batch["tokens"])
-            raw1 = model.image_projector(forward.vision.tokens.mean(dim=1))
-            text, scale = forward.text_embeddings, forward.logit_scale
-            pg_terms = pgseg_loss_terms(forward, recipe.pg) if step_index >= pg_start else {}
-        else:
-            raw1 = _image_embeddings(model, batch["view1"])
-            text = F.normalize(model.encode_text(batch["tokens"]), dim=-1)
-            scale = model.clamped_logit_scale()
-        # Under torchrun the contrastive terms see the global batch (gathered with gradients); the view loss is
-        # per sample and stays local.
-        image1 = gather_batch(F.normalize(raw1, dim=-1))
-        text = gather_batch(text)
-        log_scale = scale.log()
-        threshold = settings.threshold_at(step_index, max_steps)
-        options = {"mask_self_in_intra": settings.mask_self_in_intra, "use_intra": settings.use_intra}
-        if settings.kind == "infonce":
-            loss = info_nce_loss(image1, text, log_scale)
-        elif settings.kind == "simcon":
-            loss = symmetric_simcon_loss(image1, text, log_scale, threshold=threshold, **options)
-        else:
-            raw2 = _image_embeddings(model, batch["view2"])
-            image2 = gather_batch(F.normalize(raw2, dim=-1))
-            loss = mv_simcon_loss(
-                image1,
-                image2,
-                text,
-                log_scale,
-                threshold=threshold,
-                joint_image_positives=settings.joint_image_positives,
-                **options,
-            )
-            predictor = wrapper.predictor
-            view = negative_cosine_loss(predictor(raw1), raw2, predictor(raw2), raw1)
-            metrics["view_loss"] = float(view.detach())
-            loss = loss + settings.view_weight * view
-        for name, value in pg_terms.items():
-            if name.startswith("pg_image_"):
-                loss = loss + recipe.pg.image_weight * value
-            elif name.startswith("pg_text_"):
-                loss = loss + recipe.pg.text_weight * value
-        metrics |= {"threshold": threshold, "logit_scale": float(scale.detach())}
-        metrics |= {name: float(value.detach()) for name, value in pg_terms.items()}
-        return StepOutput(loss=loss, metrics=metrics, num_samples=len(raw1))
+        def compute(wrapper: Any, batch: dict[str, Tensor]) -> StepOutput:
+            model: GroupViT = wrapper.model
+            step_index = int(batch["batch_index"]) // batches_per_step
+            metrics: dict[str, float] = {}
+            pg_terms: dict[str, Tensor] = {}
+            if isinstance(model, PGSeg):
+                forward = model.training_forward(batch["view1"], batch["tokens"])
+                raw1 = model.image_projector(forward.vision.tokens.mean(dim=1))
+                text, scale = forward.text_embeddings, forward.logit_scale
+                pg_terms = pgseg_loss_terms(forward, recipe.pg) if step_index >= pg_start else {}
+            else:
+                raw1 = _image_embeddings(model, batch["view1"])
+                text = F.normalize(model.encode_text(batch["tokens"]), dim=-1)
+                scale = model.clamped_logit_scale()
+            # Under torchrun the contrastive terms see the global batch (gathered with gradients); the view loss is
+            # per sample and stays local.
+            image1 = gather_batch(F.normalize(raw1, dim=-1))
+            text = gather_batch(text)
+            log_scale = scale.log()
+            threshold = settings.threshold_at(step_index, max_steps)
+            options = {"mask_self_in_intra": settings.mask_self_in_intra, "use_intra": settings.use_intra}
+            if settings.kind == "infonce":
+                loss = info_nce_loss(image1, text, log_scale)
+            elif settings.kind == "simcon":
+                loss = symmetric_simcon_loss(image1, text, log_scale, threshold=threshold, **options)
+            else:
+                raw2 = _image_embeddings(model, batch["view2"])
+                image2 = gather_batch(F.normalize(raw2, dim=-1))
+                loss = mv_simcon_loss(
+                    image1,
+                    image2,
+                    text,
+                    log_scale,
+                    threshold=threshold,
+                    joint_image_positives=settings.joint_image_positives,
+                    **options,
+                )
+                predictor = wrapper.predictor
+                view = negative_cosine_loss(predictor(raw1), raw2, predictor(raw2), raw1)
+                metrics["view_loss"] = float(view.detach())
+                loss = loss + settings.view_weight * view
+            for name, value in pg_terms.items():
+                if name.startswith("pg_image_"):
+                    loss = loss + recipe.pg.image_weight * value
+                elif name.startswith("pg_text_"):
+                    loss = loss + recipe.pg.text_weight * value
+            metrics |= {"threshold": threshold, "logit_scale": float(scale.detach())}
+            metrics |= {name: float(value.detach()) for name, value in pg_terms.items()}
+            return StepOutput(loss=loss, metrics=metrics, num_samples=len(raw1))
+
+        return run_as_forward(module, compute, batch)
 
     return step
 
@@ -279,6 +306,10 @@ def train_simcon(
 ) -> GroupViTRun:
     """Train ``recipe`` with the seg-train engine; write the GroupViT/PGSeg folder (fp16) to ``out_dir/model``.
 
+    Under ``torchrun`` every process calls it alike: the ranks train data-parallel, each on its own batches, with
+    the contrastive terms over the global batch; rank 0 alone writes ``recipe.yaml``, the checkpoints and the model
+    folder, and every rank returns once the folder is complete.
+
     Args:
         recipe: The recipe.
         out_dir: Run folder: ``recipe.yaml``, ``checkpoints/``, ``tensorboard/`` and ``model/``.
@@ -286,9 +317,12 @@ def train_simcon(
         device: Training device.
         log: Receives the engine's log lines.
     """
+    # Under torchrun: join the process group now (the Trainer would later), gloo for a CPU run even where CUDA is.
+    context = init_distributed("gloo" if torch.device(device).type == "cpu" else None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    recipe.save(out / "recipe.yaml")
+    if context.is_main:
+        recipe.save(out / "recipe.yaml")
     model = initial_grouping_model(recipe.model, recipe.train.seed, recipe.init_from)
     module = SimConModule(model, recipe.loss.predictor_hidden_dim)
     module.train()
@@ -306,6 +340,24 @@ def train_simcon(
         seed=recipe.train.seed,
         offset=recipe.data_offset,
     )
-    trainer = Trainer(recipe.train, module, optimizer, simcon_step(recipe), out_dir=out, device=device, log=log)
-    result = trainer.fit(batch_loader(views, recipe.workers), resume_from="latest" if resume else None)
-    return GroupViTRun(export_grouping_model(model, out / "model", "simcon", recipe, result), result)
+    # Only mv-simcon uses the prediction head; DDP must be told when it goes without gradient (the PG units are in
+    # the vision forward, so a PGSeg's get gradients from the first step).
+    unused = recipe.loss.kind != "mv-simcon"
+    trainer = Trainer(
+        recipe.train,
+        module,
+        optimizer,
+        simcon_step(recipe, context.world_size),
+        out_dir=out,
+        device=device,
+        log=log,
+        ddp_kwargs={"find_unused_parameters": True} if unused else None,
+    )
+    loader = batch_loader(views, recipe.workers, rank=context.rank, world_size=context.world_size)
+    result = trainer.fit(loader, resume_from="latest" if resume else None)
+    model_dir = out / "model"
+    if context.is_main:
+        export_grouping_model(model, model_dir, "simcon", recipe, result)
+    model.eval()
+    barrier()  # every rank returns once the model folder is complete
+    return GroupViTRun(model_dir, result)

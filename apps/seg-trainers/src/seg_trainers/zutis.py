@@ -55,10 +55,9 @@ from seg_models.dense_clip import DenseVariant, dense_clip_features
 from seg_models.inference import normalize_images
 from seg_models.zutis import ZUTIS, ZUTISConfig, save_zutis, semantic_logits
 from seg_retrieval.index import IndexConfig
-from seg_retrieval.store import embed_collection
 from seg_train import StepOutput, Trainer, TrainResult, barrier, build_optimizer, init_distributed, unwrap_model
 from seg_trainers.clip import batch_loader
-from seg_trainers.reco import RetrievedArchive, WorldImages, archive_indices, retrieve_world_archive
+from seg_trainers.reco import WorldImages, archive_indices, retrieve_world_archive
 
 __all__ = [
     "ZUTIS_SYNTHETIC_CONFIG",
@@ -514,31 +513,26 @@ def train_zutis(
         recipe.save(out / "recipe.yaml")
     seconds: dict[str, float] = {}
     clip.eval()
-    purity_path = out / "purity.json"
-    retrieved: RetrievedArchive | None = None
-    if main:
-        retrieved = retrieve_world_archive(
-            clip,
-            recipe.world,
-            recipe.collection_size,
-            names,
-            out,
-            k=recipe.k,
-            clip_source=clip_source,
-            templates=recipe.templates,
-            index=recipe.index,
-            batch_size=recipe.embed_batch_size,
-            progress=progress,
-        )
-        seconds |= retrieved.seconds
-    else:
-        _embed_store_shards(recipe, clip, out, clip_source=clip_source)
+    # Collective under torchrun: the ranks embed their shards of the store, rank 0 curates and writes the archive.
+    retrieved = retrieve_world_archive(
+        clip,
+        recipe.world,
+        recipe.collection_size,
+        names,
+        out,
+        k=recipe.k,
+        clip_source=clip_source,
+        templates=recipe.templates,
+        index=recipe.index,
+        batch_size=recipe.embed_batch_size,
+        progress=progress,
+    )
+    seconds |= retrieved.seconds
 
     start = time.perf_counter()
     masks_path, iou_path = out / "pseudo_masks.npz", out / "saliency.json"
     pseudo: PseudoMasks | None = None
     if main and not (masks_path.is_file() and iou_path.is_file()):
-        assert retrieved is not None
         archive_ids = {name: retrieved.archive[name].image_ids for name in names}
         pseudo = build_pseudo_masks(
             clip,
@@ -550,7 +544,7 @@ def train_zutis(
         )
         pseudo.save(masks_path)
         iou_path.write_text(json.dumps(pseudo.iou, indent=2) + "\n")
-    barrier()  # under torchrun the other ranks wait for rank 0's purity.json and pseudo-masks
+    barrier()  # under torchrun the other ranks wait for rank 0's pseudo-masks
     if pseudo is None:
         pseudo = PseudoMasks.load(masks_path, json.loads(iou_path.read_text()))
         if pseudo.names != names:
@@ -558,7 +552,7 @@ def train_zutis(
                 f"concepts: {masks_path} holds pseudo-masks for {list(pseudo.names)}, the recipe asks for "
                 f"{list(names)}; delete the file or use another run folder"
             )
-    purity = retrieved.purity if retrieved is not None else _read_purity(purity_path)
+    purity = retrieved.purity
     seconds["pseudo-mask"] = time.perf_counter() - start
 
     torch.manual_seed(recipe.train.seed)
@@ -620,28 +614,3 @@ def train_zutis(
         result=result,
         seconds=seconds,
     )
-
-
-def _embed_store_shards(recipe: ZUTISRecipe, clip: ClipModel, out: Path, *, clip_source: str) -> None:
-    """A rank other than 0 under torchrun: embed its shards of ``out/store`` alongside rank 0's retrieval.
-
-    :func:`seg_trainers.reco.retrieve_world_archive` (run by rank 0) embeds the collection with
-    :func:`seg_retrieval.store.embed_collection`, which splits the store's shards over the ranks and meets them at
-    barriers; this is the same call, with the same arguments, so that the plans agree. Rank 0 alone then curates
-    and writes ``archive.json`` and ``purity.json``.
-    """
-    embed_collection(
-        clip,
-        WorldImages(recipe.world, "index", recipe.collection_size, clip.normalization),
-        out / "store",
-        batch_size=recipe.embed_batch_size,
-        encoder_name=clip_source,
-        collection_id=f"world {recipe.world.model_dump_json()} index 0..{recipe.collection_size - 1}",
-        progress=False,
-    )
-
-
-def _read_purity(path: Path) -> dict[str, dict[int, float]]:
-    """``purity.json`` as :func:`seg_retrieval.curate.archive_purity` returned it (JSON made its ``k`` strings)."""
-    data: dict[str, dict[str, float]] = json.loads(path.read_text())
-    return {name: {int(k): float(value) for k, value in by_k.items()} for name, by_k in data.items()}
