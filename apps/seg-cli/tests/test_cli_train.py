@@ -316,3 +316,35 @@ def test_train_push_to_hub_publishes_the_trained_folder_and_keeps_it_when_the_pu
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
     bad = run_seg(*args, "--push-to-hub", "no-slash")
     assert bad.exit_code == 2
+
+
+@pytest.mark.slow
+def test_train_under_torchrun_reports_once_from_rank_0(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from seg_models.groupvit import load_groupvit
+
+    config = tmp_path / "groupvit.yaml"
+    config.write_text(yaml.safe_dump(_tiny_grouping_recipe("groupvit")))
+    script = tmp_path / "seg_entry.py"
+    script.write_text("from seg_cli.main import main\n\nmain()\n")  # what the `seg` console script runs
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+        "--master-port", str(port), str(script), "train", "groupvit", "--config", str(config), "--out",
+        str(tmp_path / "run"),
+    ]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "NO_COLOR": "1"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        environment.pop(name, None)
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment, check=False)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert " ".join(finished.stdout.split()).count("groupvit: model written to") == 1
+    training = json.loads((tmp_path / "run" / "model" / "training.json").read_text())
+    assert training["method"] == "groupvit"
+    load_groupvit(tmp_path / "run" / "model")

@@ -61,6 +61,9 @@ def train(
     simcon: GroupViT (or PGSeg) with the SimCon or multi-view SimCon loss instead of InfoNCE (the recipe's
     loss.kind; init_from fine-tunes a trained GroupViT). zutis: retrieve archives of the world's things, make
     saliency pseudo-masks, and train the text-aligned encoder and the instance decoder on copy-paste images.
+
+    Data-parallel: `torchrun --nproc-per-node N $(which seg) train METHOD ...` (batch_size is per process; rank 0
+    writes the run folder, prints and pushes).
     """
     if method not in TRAINABLE_METHODS:
         not_available(f"seg train {method}", f"the {method} issue (its recipe in seg-trainers)")
@@ -81,6 +84,13 @@ def train(
     except (ConfigError, FileNotFoundError, ValueError) as error:
         stderr_console().print(f"[bold red]seg train {method}:[/] {error}")
         raise typer.Exit(code=1) from None
+    from seg_train import distributed_context, shutdown_distributed
+
+    # Under torchrun every rank trained; rank 0 wrote the model folder and alone reports and publishes it.
+    is_main = distributed_context().rank == 0
+    shutdown_distributed()
+    if not is_main:
+        return
     stdout_console().print(
         f"{method}: model written to {model_dir}; evaluate it with "
         f"`seg eval --method {method} --model local-dir:{model_dir} --dataset DIR --out results.json`"
