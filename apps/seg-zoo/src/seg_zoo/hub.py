@@ -26,7 +26,6 @@ import tempfile
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -502,13 +501,10 @@ def _public_upstream(source: str) -> str:
 
 
 def _versions() -> dict[str, str]:
-    found = {}
-    for name in ("seg-core", "seg-models", "seg-zoo"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
+    """The installed seg distributions' versions, recorded in a checkpoint's manifest."""
+    from seg_core.versions import NOT_INSTALLED, installed_versions
+
+    return {name: version for name, version in installed_versions() if version != NOT_INSTALLED}
 
 
 def _protocol_and_signatures(
