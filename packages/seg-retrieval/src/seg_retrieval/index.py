@@ -30,7 +30,15 @@ that fits, then ``ivf_pq`` on disk. This is the rule autofaiss follows (the larg
 fits the memory budget, https://criteo.github.io/autofaiss/), written here because autofaiss pins ``numpy<2`` and
 would downgrade the rest of the stack; it uses plain IVF rather than autofaiss's IVF-HNSW coarse quantiser.
 
-Contents: :class:`IndexConfig`; device resolution; memory estimates; :func:`build_index`; :class:`EmbeddingIndex`.
+Indexes built elsewhere: :meth:`EmbeddingIndex.from_faiss` wraps a faiss index that another tool wrote (LAION's
+published knn indexes, built by autofaiss / clip-retrieval with factory strings such as ``IVF16384_HNSW32,PQ128x8``
+or ``OPQ256_768,IVF131072_HNSW32,PQ256x8``) without recomputing anything. The file is memory-mapped where faiss
+allows it (the inverted lists of an IVF index; lists already in a separate ``.ivfdata`` file are found next to the
+index file), the :class:`IndexConfig` is read off the index (through pre-transforms such as OPQ), and an L2 index
+is accepted by converting its squared distances between unit vectors to cosines: ``‖q − x‖² = 2 − 2·cos(q, x)``.
+
+Contents: :class:`IndexConfig`; device resolution; memory estimates; :func:`build_index`; :class:`EmbeddingIndex`
+(with :meth:`~EmbeddingIndex.from_faiss`); :func:`read_faiss_index`.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 import faiss
 import numpy as np
@@ -66,17 +74,21 @@ __all__ = [
     "IndexDevice",
     "IndexKind",
     "IndexManifest",
+    "IndexMetric",
+    "RowStore",
     "build_index",
     "config_for_memory",
     "default_nlist",
     "estimate_index_bytes",
     "gpu_available",
     "parse_bytes",
+    "read_faiss_index",
     "resolve_device",
 ]
 
 IndexKind = Literal["flat", "ivf_flat", "ivf_pq", "hnsw"]
 IndexDevice = Literal["auto", "cpu", "gpu"]
+IndexMetric = Literal["inner_product", "l2"]
 
 INDEX_FORMAT: Final = "seg-embedding-index"
 INDEX_VERSION: Final = 1
@@ -91,7 +103,7 @@ _GPU_MAX_K = 2048  # faiss GPU k-selection limit (also the largest nprobe)
 
 
 class IndexConfig(SegModel):
-    """How to index an embedding collection (all kinds use inner product on L2-normalised vectors).
+    """How to index an embedding collection (inner product on L2-normalised vectors; L2 only for imported indexes).
 
     Attributes:
         kind: ``"flat"`` (exact), ``"ivf_flat"``, ``"ivf_pq"`` or ``"hnsw"``.
@@ -100,7 +112,8 @@ class IndexConfig(SegModel):
         pq_m: IVF-PQ sub-quantisers (bytes per vector at 8 bits); must divide the dimension.
         pq_bits: Bits per sub-quantiser code (``2 ** pq_bits`` centroids each).
         hnsw_m: HNSW neighbours per node.
-        ef_search: HNSW candidate-list size at search (faiss uses at least ``k``).
+        ef_search: HNSW candidate-list size at search (faiss uses at least ``k``); for an imported IVF index with an
+            HNSW coarse quantiser (``IVF..._HNSW32``), the quantiser's.
         ef_construction: HNSW candidate-list size at build.
         train_size: Vectors sampled to train IVF (and PQ); ``None``: ``min(N, max(64·nlist, 2 ** pq_bits · 39))``.
         seed: Seed of the training sample and the k-means initialisation.
@@ -108,7 +121,12 @@ class IndexConfig(SegModel):
             is visible (never for HNSW, which faiss runs on CPU only), else the CPU.
         on_disk: IVF kinds only: keep the inverted lists in a memory-mapped file next to the saved index instead of
             in RAM (for indexes larger than memory); built and searched on the CPU, and
-            :func:`build_index` needs the ``directory`` to write it to.
+            :func:`build_index` needs the ``directory`` to write it to. An index imported by
+            :meth:`EmbeddingIndex.from_faiss` has ``on_disk=True`` when its lists are memory-mapped from a file.
+        metric: ``"inner_product"`` (everything :func:`build_index` makes) or ``"l2"``: an imported index over unit
+            vectors searched by squared L2 distance ``d``, whose scores are converted to cosines ``1 - d / 2``.
+        factory: The faiss factory description of an imported index (e.g. ``"OPQ8_32,IVF32,PQ8x4"``), ``None`` for
+            one built by :func:`build_index`; informational (the saved faiss file holds the index itself).
     """
 
     kind: IndexKind = "flat"
@@ -123,6 +141,8 @@ class IndexConfig(SegModel):
     seed: int = 0
     device: IndexDevice = "auto"
     on_disk: bool = False
+    metric: IndexMetric = "inner_product"
+    factory: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> IndexConfig:
@@ -346,7 +366,8 @@ def config_for_memory(
         flat_max: Largest collection indexed exactly even when it would fit.
         allow_on_disk: Whether an on-disk IVF-PQ may be chosen when nothing fits in RAM.
         base: Settings kept from this config (``nlist`` when set, ``nprobe``, ``seed``, ``device``, ...); ``kind``,
-            ``pq_m``, ``pq_bits`` and ``on_disk`` are chosen here.
+            ``pq_m``, ``pq_bits`` and ``on_disk`` are chosen here (and ``metric``, ``factory`` left at their
+            defaults: the result is for :func:`build_index`).
 
     Raises:
         ConfigError: Nothing fits, not even the centroids of an on-disk index; the message names the least
@@ -354,7 +375,7 @@ def config_for_memory(
     """
     limit = parse_bytes(budget)
     base = base if base is not None else IndexConfig()
-    keep = base.model_dump(exclude={"kind", "pq_m", "pq_bits", "on_disk"})
+    keep = base.model_dump(exclude={"kind", "pq_m", "pq_bits", "on_disk", "metric", "factory"})
     nlist = base.nlist if base.nlist is not None else default_nlist(count)
     if base.nprobe > nlist:
         keep["nprobe"] = nlist
@@ -514,10 +535,17 @@ def build_index(
 
     Raises:
         ConfigError: ``nlist`` larger than ``N``, ``pq_m`` not dividing ``D``, too few training vectors, an
-            unusable ``device`` (see :func:`resolve_device`), or ``on_disk`` without ``directory``.
+            unusable ``device`` (see :func:`resolve_device`), ``on_disk`` without ``directory``, or a config of an
+            imported index (``metric="l2"`` or a ``factory``).
         ValueError, TypeError: A source that is not ``[N, D]`` floats, or ``ids`` of the wrong length.
     """
     config = config if config is not None else IndexConfig()
+    if config.metric != "inner_product" or config.factory is not None:
+        raise ConfigError(
+            f"IndexConfig(metric={config.metric!r}, factory={config.factory!r}) describes an index imported with "
+            "EmbeddingIndex.from_faiss; build_index makes inner-product indexes from kind/nlist/pq_m/...: use "
+            "metric='inner_product' and factory=None"
+        )
     rows = _Source(source, ids)
     config = _resolved_config(config, rows.count, rows.dim)
     if config.on_disk and directory is None:
@@ -600,7 +628,7 @@ def _build_on_disk(
         assert config.train_size is not None
         sample = rows.sample(config.train_size, config.seed)
         plan = {
-            "config": config.model_dump(mode="json", exclude={"nprobe", "ef_search", "device"}),
+            "config": config.model_dump(mode="json", exclude={"nprobe", "ef_search", "device", "metric", "factory"}),
             "count": rows.count,
             "dim": rows.dim,
             "ids": _digest(*(image_id.encode("utf-8") + b"\0" for image_id in rows.ids)),
@@ -685,6 +713,257 @@ def _write_text(path: Path, text: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Indexes built elsewhere
+# ---------------------------------------------------------------------------------------------------------------
+
+_SUPPORTED_FAISS: Final = (
+    "Flat, HNSW<M>(,Flat), IVF<nlist>,Flat, IVF<nlist>,PQ<m>x<bits> and IVF<nlist>_HNSW<M>,Flat/PQ..., optionally "
+    "behind pre-transforms (OPQ, PCA, L2norm) and an IDMap whose ids are the row numbers; inner-product or L2 metric"
+)
+
+
+def read_faiss_index(path: str | Path, *, mmap: bool = True) -> Any:
+    """Read a faiss index file written by any tool, memory-mapping what faiss can.
+
+    With ``mmap`` the inverted lists of an IVF index stay in the file (faiss's ``IO_FLAG_MMAP``: read-only, paged in
+    by the queries that visit them), which is how a LAION-sized ``knn.index`` is opened without its size in RAM; flat
+    and HNSW indexes are read into memory either way. An index whose lists are in a separate file
+    (``OnDiskInvertedLists``, e.g. ``populated.index`` + ``merged_index.ivfdata`` from faiss's on-disk recipe) finds
+    that file next to the index file whatever path was recorded when it was built (``IO_FLAG_ONDISK_SAME_DIR``), and
+    opens it read-only. The memory-mapped lists of an in-RAM-format file record that file as theirs, so the result
+    can be passed to :meth:`EmbeddingIndex.from_faiss` (and saved) like any on-disk index.
+
+    Args:
+        path: The index file.
+        mmap: Whether to memory-map IVF lists; ``False`` reads them into RAM.
+
+    Returns:
+        The faiss index (CPU).
+
+    Raises:
+        ConfigError: A missing file, a binary faiss index, or a file faiss cannot read (e.g. its ``.ivfdata`` is not
+            next to it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"faiss index file {path} does not exist; give the path of the index file (e.g. knn.index)")
+    flags = faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
+    if mmap:
+        flags |= faiss.IO_FLAG_MMAP
+    try:
+        index = faiss.read_index(str(path), flags)
+    except RuntimeError as error:
+        try:
+            faiss.read_index_binary(str(path))
+        except RuntimeError:
+            raise ConfigError(
+                f"faiss cannot read {path} ({str(error).splitlines()[-1]}); an index with on-disk lists needs its "
+                f".ivfdata file in the same folder as the index file"
+            ) from None
+        raise ConfigError(
+            f"{path} is a binary faiss index (Hamming distances over bit codes); seg searches float embeddings by "
+            f"cosine: use a float index ({_SUPPORTED_FAISS})"
+        ) from None
+    lists = _ondisk_lists(index)
+    if lists is not None and not str(lists.filename):
+        lists.filename = str(path.resolve())  # IO_FLAG_MMAP maps the lists inside the index file itself
+    elif lists is not None and lists.ptr is None:  # a separate lists file: IO_FLAG_MMAP's skip-data bit leaves it
+        try:  # unmapped, and a search would then crash
+            lists.do_mmap()
+        except RuntimeError:
+            raise ConfigError(
+                f"{path} keeps its inverted lists in {Path(str(lists.filename)).name}, which is not next to it "
+                f"({lists.filename} is missing or unreadable): copy the lists file into {path.parent}"
+            ) from None
+    return index
+
+
+def _ondisk_lists(index: Any) -> Any:
+    """The ``OnDiskInvertedLists`` of a CPU IVF index (through wrappers), else ``None``."""
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+    if ivf.invlists is None:
+        return None
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    return lists if isinstance(lists, faiss.OnDiskInvertedLists) else None
+
+
+def _unwrapped(index: Any) -> Any:
+    """The faiss index inside pre-transforms and id maps, downcast to its class."""
+    core = faiss.downcast_index(index)
+    while isinstance(core, faiss.IndexPreTransform | faiss.IndexIDMap):
+        core = faiss.downcast_index(core.index)
+    return core
+
+
+def _factory_description(index: Any) -> str:
+    """A faiss factory-style description of ``index`` (e.g. ``"OPQ8_32,IVF32_HNSW8,PQ8x4"``), for config and errors.
+
+    Pre-transforms and id maps are named here because a saved OPQ reads back as a plain ``LinearTransform``, which
+    faiss's ``reverse_index_factory`` cannot name; the rest is its description, else the class name.
+    """
+    from faiss.contrib import factory_tools
+
+    describe: Callable[[Any], object] = factory_tools.reverse_index_factory
+    parts: list[str] = []
+    core: Any = faiss.downcast_index(index)
+    while isinstance(core, faiss.IndexPreTransform | faiss.IndexIDMap):
+        if isinstance(core, faiss.IndexIDMap):
+            parts.append(type(core).__name__.removeprefix("Index"))
+        else:
+            chain: Any = core.chain
+            parts.extend(_transform_name(faiss.downcast_VectorTransform(chain.at(i))) for i in range(chain.size()))
+        core = faiss.downcast_index(core.index)
+    try:
+        parts.append(str(describe(core)))
+    except (NotImplementedError, RuntimeError, AttributeError, AssertionError, TypeError, KeyError):
+        parts.append(type(core).__name__)
+    return ",".join(parts)
+
+
+def _transform_name(transform: Any) -> str:
+    """The factory name of a pre-transform (``OPQ8_32``, ``PCA64``, ``L2norm``), else its class and dimensions."""
+    if isinstance(transform, faiss.OPQMatrix):
+        return f"OPQ{transform.M}_{transform.d_out}"
+    if isinstance(transform, faiss.PCAMatrix):
+        return f"PCA{'R' if transform.random_rotation else ''}{transform.d_out}"
+    if isinstance(transform, faiss.NormalizationTransform):
+        return "L2norm"
+    return f"{type(transform).__name__}{transform.d_in}_{transform.d_out}"
+
+
+_METRIC_NAMES: Final = {
+    int(getattr(faiss, name)): name.removeprefix("METRIC_") for name in dir(faiss) if name.startswith("METRIC_")
+}
+_NORM_TOLERANCE = 1e-2  # float16-stored unit vectors are within 1e-3 of norm 1
+_NORM_SAMPLE = 16
+
+
+def _imported_config(index: Any) -> tuple[IndexConfig, Path | None]:
+    """The :class:`IndexConfig` describing a faiss index built elsewhere, and its lists file when it has one.
+
+    Raises:
+        ConfigError: An index kind or metric seg cannot search (the message names it and what works).
+    """
+    factory = _factory_description(index)
+    metric_type = int(index.metric_type)
+    if metric_type == faiss.METRIC_INNER_PRODUCT:
+        metric: IndexMetric = "inner_product"
+    elif metric_type == faiss.METRIC_L2:
+        metric = "l2"
+    else:
+        raise ConfigError(
+            f"the faiss index {factory} uses metric {_METRIC_NAMES.get(metric_type, metric_type)}; seg scores by "
+            "cosine, which only inner product (unit vectors) and L2 (converted: cos = 1 - d/2) give: rebuild it with "
+            "METRIC_INNER_PRODUCT"
+        )
+    core: Any = faiss.downcast_index(index)
+    while isinstance(core, faiss.IndexPreTransform | faiss.IndexIDMap):
+        if isinstance(core, faiss.IndexIDMap):
+            labels = faiss.vector_to_array(core.id_map)
+            if not np.array_equal(labels, np.arange(labels.size)):
+                raise ConfigError(
+                    f"the faiss index {factory} maps its rows to arbitrary ids (an IDMap); seg needs ids that are the "
+                    "row numbers, so that row i is ids[i]: pass the index inside the IDMap (index.index) with the "
+                    "image ids in the IDMap's order"
+                )
+        core = faiss.downcast_index(core.index)
+    fields: dict[str, Any] = {"metric": metric, "factory": factory, "device": "cpu"}
+    ivfdata = None
+    if isinstance(core, faiss.IndexFlat):
+        fields["kind"] = "flat"
+    elif isinstance(core, faiss.IndexHNSWFlat):
+        hnsw: Any = core.hnsw
+        fields.update(kind="hnsw", hnsw_m=max(2, int(hnsw.nb_neighbors(1))), ef_search=max(1, int(hnsw.efSearch)))
+        fields["ef_construction"] = max(1, int(hnsw.efConstruction))
+    elif isinstance(core, faiss.IndexIVFFlat | faiss.IndexIVFPQ):
+        nlist = int(core.nlist)
+        fields.update(kind="ivf_flat", nlist=nlist, nprobe=min(max(1, int(core.nprobe)), nlist))
+        if isinstance(core, faiss.IndexIVFPQ):
+            bits = int(core.pq.nbits)
+            if bits > 16:
+                raise ConfigError(f"the faiss index {factory} has {bits}-bit PQ codes; seg supports up to 16 bits")
+            fields.update(kind="ivf_pq", pq_m=int(core.pq.M), pq_bits=bits)
+        quantizer: Any = faiss.downcast_index(core.quantizer)
+        if isinstance(quantizer, faiss.IndexHNSW):
+            graph: Any = quantizer.hnsw
+            fields.update(hnsw_m=max(2, int(graph.nb_neighbors(1))), ef_search=max(1, int(graph.efSearch)))
+        lists = _ondisk_lists(core)
+        if lists is not None:
+            if not str(lists.filename):
+                raise ConfigError(
+                    f"the faiss index {factory} has memory-mapped lists but does not say from which file; pass the "
+                    "index file's path to EmbeddingIndex.from_faiss (or read it with read_faiss_index)"
+                )
+            fields["on_disk"] = True
+            ivfdata = Path(str(lists.filename)).resolve()
+    else:
+        hint = " (pass the CPU index: faiss.index_gpu_to_cpu)" if type(core).__name__.startswith("Gpu") else ""
+        raise ConfigError(
+            f"the faiss index {factory} ({type(core).__name__}) is not a kind seg can search{hint}; supported: "
+            f"{_SUPPORTED_FAISS}"
+        )
+    return IndexConfig(**fields), ivfdata
+
+
+def _check_unit_rows(index: Any, core: Any, factory: str) -> None:
+    """Refuse a flat or HNSW index (without pre-transform) whose sampled stored rows are not unit vectors."""
+    count = int(index.ntotal)
+    if count == 0 or not isinstance(core, faiss.IndexFlat | faiss.IndexHNSWFlat):
+        return
+    if not isinstance(faiss.downcast_index(index), faiss.IndexFlat | faiss.IndexHNSWFlat):
+        return  # behind a transform or id map: its rows are not the embeddings themselves
+    rows = np.unique(np.linspace(0, count - 1, num=min(count, _NORM_SAMPLE)).astype(np.int64))
+    norms = np.linalg.norm(np.stack([core.reconstruct(int(row)) for row in rows]), axis=1)
+    worst = int(np.argmax(np.abs(norms - 1)))
+    if abs(float(norms[worst]) - 1) > _NORM_TOLERANCE:
+        raise ConfigError(
+            f"row {int(rows[worst])} of the faiss index {factory} has norm {float(norms[worst]):.4f}; seg's scores "
+            "are cosines, which needs an index over L2-normalised embeddings (CLIP embeddings as clip-retrieval "
+            "writes them): normalise the rows (faiss.normalize_L2) and rebuild it, or build one with build_index"
+        )
+
+
+@runtime_checkable
+class RowStore(Protocol):
+    """Embeddings by row (an :class:`~seg_retrieval.store.EmbeddingStore` or a
+    :class:`~seg_retrieval.laion.ClipRetrievalStore`), whose row ``i`` is image ``ids[i]``.
+
+    Attributes:
+        root: The folder it was opened from.
+    """
+
+    root: Path
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """Image ids, one per row."""
+        ...
+
+    def embeddings(self, indices: Sequence[int] | npt.NDArray[np.integer[Any]] | slice) -> Tensor:
+        """Rows ``indices`` as ``[n, D]`` float32."""
+        ...
+
+
+def _open_row_store(root: Path) -> RowStore | None:
+    """The store in ``root``: a seg store (``manifest.json``) or a clip-retrieval folder; ``None`` if neither opens."""
+    from seg_retrieval.store import MANIFEST_FILE
+
+    if (root / MANIFEST_FILE).is_file():
+        return EmbeddingStore.open(root)
+    from seg_retrieval.laion import EMBEDDINGS_FOLDER, METADATA_FOLDER, ClipRetrievalStore
+
+    if (root / EMBEDDINGS_FOLDER).is_dir() and (root / METADATA_FOLDER).is_dir():
+        try:
+            return ClipRetrievalStore.open(root)
+        except (ConfigError, ImportError):
+            return None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The index
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -692,14 +971,16 @@ def _write_text(path: Path, text: str) -> None:
 class EmbeddingIndex:
     """A faiss index with image ids; a :class:`seg_core.Retriever` (maximum inner product = cosine).
 
-    Build one with :func:`build_index` or read one with :meth:`load`.
+    Build one with :func:`build_index`, read one with :meth:`load`, or wrap a faiss index built elsewhere with
+    :meth:`from_faiss`.
 
     Attributes:
         faiss_index: The faiss index (CPU or GPU).
-        config: The config it was built with (``nlist``, ``train_size`` resolved; search knobs current).
+        config: The config it was built with (``nlist``, ``train_size`` resolved; search knobs current), or read off
+            an imported index.
         device: ``"cpu"`` or ``"gpu"``.
         encoder: Encoder of the indexed embeddings, when known.
-        store: Path of the indexed store, when built from one.
+        store: Path of the indexed store (a seg store or a clip-retrieval folder), when known.
         ivfdata: The memory-mapped inverted-list file of an on-disk index (``None`` in RAM).
     """
 
@@ -712,7 +993,7 @@ class EmbeddingIndex:
         device: Literal["cpu", "gpu"] = "cpu",
         encoder: str | None = None,
         store: str | None = None,
-        opened_store: EmbeddingStore | None = None,
+        opened_store: RowStore | None = None,
         gpu_resources: Any = None,
         ivfdata: Path | None = None,
     ) -> None:
@@ -755,6 +1036,8 @@ class EmbeddingIndex:
     def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
         """Change the search-time knobs (IVF ``nprobe``, HNSW ``ef_search``) without rebuilding.
 
+        ``ef_search`` also sets the candidate list of an HNSW coarse quantiser (an imported ``IVF..._HNSW..`` index).
+
         Raises:
             ConfigError: ``nprobe`` outside ``[1, nlist]`` or ``ef_search < 1``.
         """
@@ -776,7 +1059,11 @@ class EmbeddingIndex:
                 raise ConfigError(f"ef_search={ef_search} must be >= 1")
             update["ef_search"] = ef_search
             if self.config.kind == "hnsw":
-                self.faiss_index.hnsw.efSearch = ef_search
+                _unwrapped(self.faiss_index).hnsw.efSearch = ef_search
+            elif self.config.is_ivf and self.device == "cpu":
+                quantizer = faiss.downcast_index(faiss.extract_index_ivf(self.faiss_index).quantizer)
+                if isinstance(quantizer, faiss.IndexHNSW):
+                    quantizer.hnsw.efSearch = ef_search
         self.config = self.config.model_copy(update=update)
 
     def search(self, queries: Tensor | npt.NDArray[Any], k: int) -> tuple[Tensor, list[list[str]]]:
@@ -787,12 +1074,14 @@ class EmbeddingIndex:
             k: Neighbours per query, ``1 <= k <= len(self)``.
 
         Returns:
-            ``scores`` ``[Q, k]`` float32 on the CPU (cosine similarities, non-increasing along each row) and the
-            ``k`` image ids of each query.
+            ``scores`` ``[Q, k]`` float32 on the CPU (cosine similarities, non-increasing along each row; for an
+            ``metric="l2"`` index ``1 - d / 2`` of faiss's squared distances ``d``, the cosine for unit vectors) and
+            the ``k`` image ids of each query.
 
         Raises:
             ValueError: Queries not ``[Q, D]``, or ``k`` out of range.
-            RuntimeError: An approximate index found fewer than ``k`` neighbours (raise ``nprobe``/``ef_search``).
+            RuntimeError: An approximate index found fewer than ``k`` neighbours (raise ``nprobe``/``ef_search``),
+                or an imported index returned an id that is not a row number.
         """
         if isinstance(queries, Tensor):
             array = queries.detach().float().cpu().numpy()
@@ -819,6 +1108,13 @@ class EmbeddingIndex:
                 f"the {self.config.kind} index found only {found} < k={k} neighbours for query {int(short[0])}; "
                 f"raise {knob} (now {getattr(self.config, knob)}) with set_search_params, or lower k"
             )
+        if rows.size and int(rows.max()) >= len(self._ids):
+            raise RuntimeError(
+                f"the faiss index returned id {int(rows.max())} but holds {len(self._ids)} rows: its ids are not row "
+                "numbers (vectors added with add_with_ids?); seg needs row i of the index to be ids[i]"
+            )
+        if self.config.metric == "l2":
+            scores = 1.0 - scores / 2.0  # ‖q − x‖² = 2 − 2·cos(q, x) for unit q and x
         ids = self._ids
         return torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32)), [
             [ids[row] for row in query_rows] for query_rows in rows.tolist()
@@ -864,14 +1160,12 @@ class EmbeddingIndex:
             ) from None
         return torch.from_numpy(_normalised(vectors))
 
-    def _store(self) -> EmbeddingStore | None:
+    def _store(self) -> RowStore | None:
         if self._store_checked:
             return self._opened_store
         self._store_checked = True
-        if self.store is None or not (Path(self.store) / "manifest.json").is_file():
-            return None
-        store = EmbeddingStore.open(self.store)
-        if store.ids != self._ids:  # rebuilt since: its rows are not this index's rows
+        store = None if self.store is None else _open_row_store(Path(self.store))
+        if store is None or store.ids != self._ids:  # rebuilt since: its rows are not this index's rows
             return None
         self._opened_store = store
         return store
@@ -879,7 +1173,9 @@ class EmbeddingIndex:
     def save(self, directory: str | Path) -> Path:
         """Write ``index.faiss`` (CPU form), ``ids.json`` and ``index.json`` into ``directory`` (each atomically).
 
-        An on-disk index also needs its ``index.ivfdata`` there: it is copied when ``directory`` is another folder.
+        An on-disk index also needs its ``index.ivfdata`` there: it is copied when ``directory`` is another folder
+        (the lists file of an imported index whatever its name, e.g. ``merged_index.ivfdata`` or the memory-mapped
+        ``knn.index`` itself), and the saved ``index.faiss`` refers to that copy.
 
         Returns:
             The directory.
@@ -896,7 +1192,15 @@ class EmbeddingIndex:
                 finally:
                     tmp_data.unlink(missing_ok=True)
         cpu_index = faiss.index_gpu_to_cpu(self.faiss_index) if self.device == "gpu" else self.faiss_index
-        _write_index(cpu_index, directory / INDEX_FILE)
+        lists = _ondisk_lists(cpu_index) if self.ivfdata is not None else None
+        recorded = str(lists.filename) if lists is not None else ""
+        if lists is not None:  # the file the saved index names: load finds it next to index.faiss by this name
+            lists.filename = str(directory / INDEX_IVFDATA_FILE)
+        try:
+            _write_index(cpu_index, directory / INDEX_FILE)
+        finally:
+            if lists is not None:
+                lists.filename = recorded
         ids_tmp = directory / f".{INDEX_IDS_FILE}.{uuid.uuid4().hex}.tmp"
         ids_tmp.write_text(json.dumps(list(self._ids)), encoding="utf-8")
         ids_tmp.replace(directory / INDEX_IDS_FILE)
@@ -975,3 +1279,103 @@ class EmbeddingIndex:
             gpu_resources=resources,
             ivfdata=ivfdata,
         )
+
+    @classmethod
+    def from_faiss(
+        cls,
+        index: str | Path | faiss.Index,
+        ids: Sequence[str],
+        *,
+        encoder: str | None = None,
+        store: str | Path | RowStore | None = None,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        mmap: bool = True,
+    ) -> EmbeddingIndex:
+        """Wrap a faiss index built elsewhere (autofaiss, clip-retrieval, plain faiss) without recomputing anything.
+
+        The index is read with :func:`read_faiss_index` (IVF lists memory-mapped; a separate ``.ivfdata`` lists file
+        is found next to the index file) or taken as given, and its :class:`IndexConfig` is read off it: ``kind``
+        (``flat``, ``ivf_flat``, ``ivf_pq`` or ``hnsw``, looking through pre-transforms such as OPQ), ``nlist``,
+        ``pq_m``, ``pq_bits``, ``hnsw_m``, the current ``nprobe`` / ``efSearch`` (an ``IVF..._HNSW..`` index's
+        coarse-quantiser ``efSearch`` is ``ef_search``), ``on_disk`` (lists memory-mapped from a file, which
+        :attr:`ivfdata` names), ``metric`` and the faiss ``factory`` string; ``device`` is ``"cpu"``.
+
+        The metric must be inner product, used as is (the scores are cosines when the indexed rows are L2-normalised,
+        as CLIP embeddings from clip-retrieval are), or L2, whose squared distances ``d`` are converted to
+        ``1 - d / 2``: the cosine when rows and queries are unit vectors (``‖q − x‖² = 2 − 2·cos(q, x)``); queries are
+        normalised by :meth:`search`. The rows of a flat or HNSW index are checked to be unit vectors on a sample.
+        Row ``i`` of the index is image ``ids[i]``: an IVF index's stored ids must be its row numbers (as autofaiss
+        and faiss's on-disk recipe write them); :meth:`search` raises on an id that is not.
+
+        Args:
+            index: A faiss index file (e.g. LAION's ``knn.index``, or ``populated.index`` next to its
+                ``merged_index.ivfdata``), or a CPU ``faiss.Index``.
+            ids: One image id per row, in row order (``len(ids) == index.ntotal``; unique).
+            encoder: The encoder of the indexed embeddings (recorded; query with the same CLIP).
+            store: The indexed embeddings: the path of a seg store or clip-retrieval folder, or the opened store;
+                :meth:`vectors` reads exact vectors from it (its ids must be ``ids``), else reconstructs them from
+                the index where faiss can (the PQ approximation for IVF-PQ).
+            nprobe: IVF lists visited per query; default the index's own setting.
+            ef_search: HNSW candidate-list size (of the index, or of an IVF index's HNSW quantiser); default the
+                index's own.
+            mmap: Memory-map the IVF lists of an index file (``False``: read them into RAM).
+
+        Returns:
+            The index (CPU), searchable and savable (:meth:`save` copies a lists file as ``index.ivfdata``).
+
+        Raises:
+            ConfigError: An unreadable or binary index, a kind or metric seg cannot search (the message names what
+                it found and what works), ids whose count differs from the index's rows, a flat/HNSW index whose
+                rows are not unit vectors, a ``store`` whose ids differ, or ``nprobe`` / ``ef_search`` out of range.
+            TypeError: ``index`` is neither a path nor a faiss index.
+        """
+        given: object = index  # checked here: callers may pass anything, binary indexes included
+        if isinstance(given, str | Path):
+            faiss_index = read_faiss_index(given, mmap=mmap)
+            label = str(given)
+        elif isinstance(given, faiss.IndexBinary):
+            raise ConfigError(
+                f"{type(given).__name__} is a binary faiss index (Hamming distances over bit codes); seg searches "
+                f"float embeddings by cosine: use a float index ({_SUPPORTED_FAISS})"
+            )
+        elif isinstance(given, faiss.Index):
+            faiss_index = given
+            label = f"the {type(faiss.downcast_index(given)).__name__}"
+        else:
+            raise TypeError(f"index must be a faiss index file or a faiss.Index, got {type(given).__name__}")
+        if isinstance(ids, str):
+            raise TypeError("ids must be a sequence of image ids, not one string; wrap it in a list")
+        id_tuple = tuple(ids)
+        if len(id_tuple) != int(faiss_index.ntotal):
+            raise ConfigError(
+                f"{len(id_tuple)} ids for {label}, which holds {int(faiss_index.ntotal)} vectors; give one id per row "
+                "of the index, in row order"
+            )
+        config, ivfdata = _imported_config(faiss_index)
+        _check_unit_rows(faiss_index, _unwrapped(faiss_index), config.factory or "")
+        opened: RowStore | None = None
+        store_path: str | None = None
+        if isinstance(store, str | Path):
+            store_path = str(Path(store).resolve())
+        elif store is not None:
+            if not isinstance(store, RowStore):
+                raise TypeError(f"store must be a path or an opened store, got {type(store).__name__}")
+            if store.ids != id_tuple:
+                raise ConfigError(
+                    f"the store {store.root} holds {len(store.ids)} rows whose ids are not the index's {len(id_tuple)} "
+                    "ids in the same order; pass the store the index was built from (or no store)"
+                )
+            opened, store_path = store, str(Path(store.root).resolve())
+        imported = cls(
+            faiss_index,
+            id_tuple,
+            config,
+            device="cpu",
+            encoder=encoder,
+            store=store_path,
+            opened_store=opened,
+            ivfdata=ivfdata,
+        )
+        imported.set_search_params(nprobe=nprobe, ef_search=ef_search)
+        return imported

@@ -28,8 +28,14 @@ map lets :meth:`ClipRetrievalStore.embeddings` read scattered rows.
 Rows are scored as ReCo does, by cosine similarity: every row read is re-normalised in float32
 (``x / ‖x‖₂``; a zero row stays zero), which undoes the float16 rounding of the norm.
 
+The same releases publish faiss indexes over these rows (autofaiss / clip-retrieval's ``knn.index``, or
+``populated.index`` with its lists in ``merged_index.ivfdata``; row ``i`` of the index is row ``i`` of the folder).
+:func:`open_clip_retrieval_index` searches such an index in place, as an
+:class:`~seg_retrieval.index.EmbeddingIndex` whose ids are the folder's, without building anything.
+
 Contents: :func:`write_clip_retrieval_store`; :class:`ClipRetrievalShard` and :class:`ClipRetrievalStore` (read);
-:func:`import_clip_retrieval` (convert to a seg :class:`~seg_retrieval.store.EmbeddingStore`, resumable).
+:func:`import_clip_retrieval` (convert to a seg :class:`~seg_retrieval.store.EmbeddingStore`, resumable);
+:func:`open_clip_retrieval_index` (a published faiss index over the folder).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -66,6 +72,9 @@ from seg_retrieval.store import (
     _write_model,
 )
 
+if TYPE_CHECKING:
+    from seg_retrieval.index import EmbeddingIndex
+
 __all__ = [
     "CLIP_RETRIEVAL_SHARD_SIZE",
     "EMBEDDINGS_FOLDER",
@@ -75,6 +84,7 @@ __all__ = [
     "ClipRetrievalShard",
     "ClipRetrievalStore",
     "import_clip_retrieval",
+    "open_clip_retrieval_index",
     "write_clip_retrieval_store",
 ]
 
@@ -657,3 +667,51 @@ class _IdReader:
             low, high = max(start - shard.start, 0), min(stop - shard.start, shard.count)
             out.extend(self._cached[1][low:high])
         return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A published faiss index over the folder
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def open_clip_retrieval_index(
+    folder: str | Path,
+    index_file: str | Path,
+    *,
+    id_column: str | None = None,
+    nprobe: int | None = None,
+) -> EmbeddingIndex:
+    """Search a faiss index built over a clip-retrieval folder (LAION's published knn indexes) in place.
+
+    The folder is opened with :meth:`ClipRetrievalStore.open` (its ids, in row order, and its encoder) and the index
+    file wrapped with :meth:`~seg_retrieval.index.EmbeddingIndex.from_faiss`: IVF lists memory-mapped (a
+    ``merged_index.ivfdata`` next to ``populated.index`` is found there), the config read off the index, row ``i``
+    of the index taken as image ``ids[i]``. :meth:`~seg_retrieval.index.EmbeddingIndex.vectors` reads the folder's
+    exact rows. The row counts are compared before the ids are read.
+
+    Args:
+        folder: The clip-retrieval folder (``img_emb/``, ``metadata/``) the index was built over.
+        index_file: The faiss index file, e.g. ``knn.index`` or ``populated.index``.
+        id_column: Metadata column of the ids (see :meth:`ClipRetrievalStore.open`).
+        nprobe: IVF lists visited per query; default the index's own setting.
+
+    Returns:
+        The index, searchable by :func:`~seg_retrieval.curate.curate_archive` like one seg built.
+
+    Raises:
+        ConfigError: A broken folder (see :meth:`ClipRetrievalStore.open`), an index that does not hold one row per
+            image of the folder (both counts and files named), or an index seg cannot search (see
+            :meth:`~seg_retrieval.index.EmbeddingIndex.from_faiss`).
+        ImportError: pyarrow is not installed.
+    """
+    from seg_retrieval.index import EmbeddingIndex, read_faiss_index
+
+    source = ClipRetrievalStore.open(folder, id_column=id_column)
+    index = read_faiss_index(index_file)
+    if int(index.ntotal) != len(source):
+        raise ConfigError(
+            f"the faiss index {index_file} holds {int(index.ntotal)} vectors but the clip-retrieval folder {folder} "
+            f"has {len(source)} rows in {len(source.shards)} shards; the index must be built over exactly these rows, "
+            "in order (a missing or extra img_emb/metadata shard?)"
+        )
+    return EmbeddingIndex.from_faiss(index, source.ids, encoder=source.encoder, store=source, nprobe=nprobe)
