@@ -4,10 +4,9 @@ purity against hand-counted labels, and archive files."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 import torch
@@ -27,15 +26,6 @@ from seg_retrieval.curate import (
     save_archive,
 )
 from seg_retrieval.index import IndexConfig, build_index
-
-
-@pytest.fixture(autouse=True)
-def one_faiss_thread() -> Iterator[None]:
-    """Tiny faiss indexes run faster and steadier on one OpenMP thread on a busy 2-core machine (restored after)."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 class ListRetriever:

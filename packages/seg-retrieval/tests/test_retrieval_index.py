@@ -4,10 +4,9 @@ errors for impossible settings."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 import torch
@@ -25,16 +24,6 @@ from seg_retrieval.index import (
     resolve_device,
 )
 from seg_retrieval.store import embed_collection
-
-
-@pytest.fixture(autouse=True)
-def one_faiss_thread() -> Iterator[None]:
-    """faiss's OpenMP threads spin against each other on a busy 2-core machine (tiny k-means: 3 s instead of
-    0.01 s); one thread for these tiny indexes, restored afterwards."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 def unit(rows: np.ndarray) -> np.ndarray:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,15 +30,6 @@ from seg_retrieval.index import (
 
 COUNT, DIM, QUERIES, K = 2000, 32, 6, 10
 IP, L2 = faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L2
-
-
-@pytest.fixture(autouse=True)
-def one_faiss_thread() -> Iterator[None]:
-    """Tiny faiss indexes run faster and steadier on one OpenMP thread on a busy 2-core machine (restored after)."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 def unit(rows: np.ndarray) -> np.ndarray:

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -29,15 +28,6 @@ from seg_retrieval.index import (
     estimate_index_bytes,
     parse_bytes,
 )
-
-
-@pytest.fixture(autouse=True)
-def one_faiss_thread() -> Iterator[None]:
-    """One faiss thread for these tiny indexes (OpenMP threads spin against each other on a busy 2-core machine)."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 @pytest.fixture

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import pytest
 import torch
@@ -28,15 +26,6 @@ from seg_retrieval.store import EmbeddingStore
 
 COUNT, DIM, SHARD = 30, 16, 10
 FP16 = 2e-3  # float16 keeps 11 significant bits: unit-vector entries are off by at most ~5e-4
-
-
-@pytest.fixture(autouse=True)
-def one_faiss_thread() -> Iterator[None]:
-    """Tiny faiss indexes run faster and steadier on one OpenMP thread on a busy 2-core machine (restored after)."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 @pytest.fixture
