@@ -14,6 +14,7 @@ another order.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -22,7 +23,7 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -592,12 +593,34 @@ def test_zutis_under_torchrun(tmp_path: Path) -> None:
     assert json.loads((run / "model" / "training.json").read_text())["steps"] == 3
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a test, restored afterwards (later tests in this process compare outputs bit for bit
+    with other processes)."""
+    with _one_torch_thread():
+        yield
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """One torch thread, as the launched ranks use (OMP_NUM_THREADS=1), restored afterwards: rendering and
+    augmenting a batch with another thread count can differ in the last bits of a pixel."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _assert_one_process_batches(
     summaries: list[dict[str, Any]], stage: str, pixels: Callable[[int], torch.Tensor], steps: int
 ) -> None:
-    """Rank ``r``'s ``i``-th batch is batch ``2 i + r`` of the one-process sequence (``pixels(b)``, its pixels)."""
+    """Rank ``r``'s ``i``-th batch is batch ``2 i + r`` of the one-process sequence (``pixels(b)``, its pixels,
+    computed here on one thread like the ranks)."""
     for rank in range(2):
-        expected = [float(pixels(2 * i + rank).double().sum()) for i in range(steps)]
+        with _one_torch_thread():
+            expected = [float(pixels(2 * i + rank).double().sum()) for i in range(steps)]
         assert summaries[rank]["seen"][stage] == expected, f"{stage}: rank {rank} did not get batches {rank}, ..."
 
 
@@ -780,11 +803,10 @@ def _swap_metadata_order(path: Path) -> None:
 
 
 def test_rerun_reuses_pseudo_labels_of_the_same_rectifier_saved_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_torch_thread: None
 ) -> None:
     """The re-run above re-exports the rectifier; safetensors writes its metadata in no fixed order, so the
     pseudo-labels' fingerprint of the rectifier must not be the file's bytes (a re-run failed about half the time)."""
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     clip = load_clip(register_model_config(CLIP_NAME, TINY_CLIP_CONFIG))
     train = TrainConfig(

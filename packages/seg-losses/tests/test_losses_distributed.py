@@ -21,6 +21,7 @@ GLOBAL_BATCH, DIM = 8, 5
 
 SCRIPT = textwrap.dedent(
     """
+    import gc
     import sys
 
     import torch
@@ -62,6 +63,11 @@ SCRIPT = textwrap.dedent(
         gather_batch(torch.zeros(3 + rank, 2))
     except ValueError as error:
         torch.save(str(error), f"{out}/error{rank}.pt")
+    # Release DDP's reducer (it holds the process group) and let both ranks arrive before the group goes: a group
+    # destroyed under a live DDP could abort at exit ("terminate called without an active exception").
+    del ddp, images, texts, scale, loss
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
     """
 )
