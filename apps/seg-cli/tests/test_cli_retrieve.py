@@ -164,6 +164,11 @@ def test_on_disk_index_and_memory_budget(pipeline: Pipeline, tmp_path: Path, run
     ]
     on_disk = EmbeddingIndex.load(tmp_path / "disk")
     assert on_disk.config.on_disk
+    result = _invoke("retrieve", "index", str(pipeline.store), "--out", str(tmp_path / "hnsw"), *knobs, "--coarse",
+                     "hnsw")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "pq_m=4x2, HNSW coarse quantiser" in " ".join(result.stdout.split())
+    assert EmbeddingIndex.load(tmp_path / "hnsw").config.coarse_quantizer == "hnsw"
     config = IndexConfig(kind="ivf_pq", nlist=2, nprobe=2, pq_m=4, pq_bits=2, device="cpu")
     in_memory = build_index(EmbeddingStore.open(pipeline.store), config)
     queries = in_memory.vectors(["img1.png", "more/alpha.png"])

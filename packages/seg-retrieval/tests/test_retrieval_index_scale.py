@@ -275,3 +275,48 @@ def test_two_processes_split_the_parts_of_an_on_disk_build(tmp_path: Path) -> No
     assert results[1]["added"] == [600, 1000]  # blocks 1 and 3
     assert not (tmp_path / "index" / ".parts").exists()
     assert EmbeddingIndex.load(tmp_path / "index").search(queries, 10)[1] == expected
+
+
+def test_an_hnsw_coarse_quantizer_finds_the_same_lists(tmp_path: Path, small_blocks: None) -> None:
+    rows, queries = clustered(1000), clustered(8, seed=4)
+    hnsw = PQ.model_copy(update={"coarse_quantizer": "hnsw", "hnsw_m": 8})
+    built = build_index(rows, hnsw)
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(built.faiss_index).quantizer)
+    assert isinstance(quantizer, faiss.IndexHNSWFlat)
+    assert quantizer.hnsw.efSearch == hnsw.ef_search
+    # 16 centroids and ef_search 128: the graph search is exact, so the lists, and the results, are the flat ones
+    expected = build_index(rows, PQ).search(queries, 10)
+    assert built.search(queries, 10)[1] == expected[1]
+    on_disk = build_index(rows, hnsw.model_copy(update={"on_disk": True}), directory=tmp_path / "disk")
+    assert on_disk.search(queries, 10)[1] == expected[1]
+    loaded = EmbeddingIndex.load(tmp_path / "disk")
+    assert loaded.config.coarse_quantizer == "hnsw"
+    assert loaded.search(queries, 10)[1] == expected[1]
+    loaded.set_search_params(ef_search=7)
+    assert faiss.downcast_index(faiss.extract_index_ivf(loaded.faiss_index).quantizer).hnsw.efSearch == 7
+    with pytest.raises(ConfigError, match="HNSW coarse quantiser, which faiss runs on the CPU only"):
+        EmbeddingIndex.load(built.save(tmp_path / "in-ram"), device="gpu")
+    # the graph's links are counted in the estimate
+    flat_coarse = estimate_index_bytes(PQ.model_copy(update={"nlist": 4096}), 10**6, 512)
+    assert estimate_index_bytes(hnsw.model_copy(update={"nlist": 4096}), 10**6, 512) == flat_coarse + 4096 * 4 * 2 * 8
+
+
+def test_hnsw_coarse_quantizer_settings_that_cannot_work_are_refused() -> None:
+    with pytest.raises(ValidationError, match="only IVF indexes have a coarse quantiser"):
+        IndexConfig(kind="flat", coarse_quantizer="hnsw")
+    with pytest.raises(ValidationError, match="faiss runs HNSW on the CPU only"):
+        IndexConfig(kind="ivf_pq", coarse_quantizer="hnsw", device="gpu")
+    # a memory budget keeps the coarse quantiser of its base for IVF choices and drops it for flat
+    base = IndexConfig(kind="ivf_pq", coarse_quantizer="hnsw")
+    assert config_for_memory(1000, 64, "1GB", base=base).coarse_quantizer == "flat"
+    assert config_for_memory(10**8, 512, "16GB", base=base).coarse_quantizer == "hnsw"
+
+
+def test_an_imported_ivf_hnsw_index_reports_its_coarse_quantizer() -> None:
+    rows = clustered(2000)
+    index = faiss.index_factory(16, "IVF16_HNSW8,Flat", faiss.METRIC_INNER_PRODUCT)
+    normalised = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    index.train(normalised)
+    index.add(normalised)
+    imported = EmbeddingIndex.from_faiss(index, [str(row) for row in range(2000)])
+    assert (imported.config.kind, imported.config.coarse_quantizer, imported.config.hnsw_m) == ("ivf_flat", "hnsw", 8)

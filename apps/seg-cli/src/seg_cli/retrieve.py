@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "CoarseChoice",
     "FolderImages",
     "IndexDeviceChoice",
     "IndexKind",
@@ -50,6 +51,13 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
+
+
+class CoarseChoice(enum.StrEnum):
+    """Coarse quantiser of an IVF index."""
+
+    FLAT = "flat"
+    HNSW = "hnsw"
 
 
 class IndexKind(enum.StrEnum):
@@ -316,6 +324,15 @@ def index(
     device: Annotated[
         IndexDeviceChoice, typer.Option("--device", help="faiss device.", case_sensitive=False)
     ] = IndexDeviceChoice.AUTO,
+    coarse: Annotated[
+        CoarseChoice,
+        typer.Option(
+            "--coarse",
+            help="IVF kinds: how vectors find their lists (hnsw: a graph over the centroids, for tens of thousands "
+            "of lists and up; CPU only).",
+            case_sensitive=False,
+        ),
+    ] = CoarseChoice.FLAT,
     on_disk: Annotated[
         bool,
         typer.Option(
@@ -363,6 +380,7 @@ def index(
                 "train_size": train_size,
                 "device": device.value,
                 "on_disk": on_disk,
+                "coarse_quantizer": coarse.value,
             }
         )
         if memory_budget is not None:
@@ -377,6 +395,8 @@ def index(
     details = f", nlist={built.config.nlist}, nprobe={built.config.nprobe}" if built.config.is_ivf else ""
     if built.config.kind == "ivf_pq":
         details += f", pq_m={built.config.pq_m}x{built.config.pq_bits}"
+    if built.config.coarse_quantizer == "hnsw":
+        details += ", HNSW coarse quantiser"
     if built.config.on_disk:
         details += ", lists on disk"
     size = estimate_index_bytes(built.config, len(built), built.dim) / 1e6

@@ -28,7 +28,8 @@ and :func:`config_for_memory` picks the most accurate kind that fits a budget: e
 collection is small enough for exact search to be fast), then ``ivf_flat``, then ``ivf_pq`` with the largest code
 that fits, then ``ivf_pq`` on disk. This is the rule autofaiss follows (the largest product-quantisation code that
 fits the memory budget, https://criteo.github.io/autofaiss/), written here because autofaiss pins ``numpy<2`` and
-would downgrade the rest of the stack; it uses plain IVF rather than autofaiss's IVF-HNSW coarse quantiser.
+would downgrade the rest of the stack; the coarse quantiser stays a flat one unless the base config asks for
+``coarse_quantizer="hnsw"`` (autofaiss's IVF-HNSW), which large collections should.
 
 Indexes built elsewhere: :meth:`EmbeddingIndex.from_faiss` wraps a faiss index that another tool wrote (LAION's
 published knn indexes, built by autofaiss / clip-retrieval with factory strings such as ``IVF16384_HNSW32,PQ128x8``
@@ -87,6 +88,7 @@ __all__ = [
 ]
 
 IndexKind = Literal["flat", "ivf_flat", "ivf_pq", "hnsw"]
+CoarseQuantizer = Literal["flat", "hnsw"]
 IndexDevice = Literal["auto", "cpu", "gpu"]
 IndexMetric = Literal["inner_product", "l2"]
 
@@ -111,9 +113,9 @@ class IndexConfig(SegModel):
         nprobe: IVF lists visited per query (recall/speed knob; at most ``nlist``).
         pq_m: IVF-PQ sub-quantisers (bytes per vector at 8 bits); must divide the dimension.
         pq_bits: Bits per sub-quantiser code (``2 ** pq_bits`` centroids each).
-        hnsw_m: HNSW neighbours per node.
-        ef_search: HNSW candidate-list size at search (faiss uses at least ``k``); for an imported IVF index with an
-            HNSW coarse quantiser (``IVF..._HNSW32``), the quantiser's.
+        hnsw_m: HNSW neighbours per node (of the index, or of an HNSW coarse quantiser).
+        ef_search: HNSW candidate-list size at search (faiss uses at least ``k``); for an IVF index with an HNSW
+            coarse quantiser (``IVF..._HNSW32``), the quantiser's.
         ef_construction: HNSW candidate-list size at build.
         train_size: Vectors sampled to train IVF (and PQ); ``None``: ``min(N, max(64·nlist, 2 ** pq_bits · 39))``.
         seed: Seed of the training sample and the k-means initialisation.
@@ -127,6 +129,10 @@ class IndexConfig(SegModel):
             vectors searched by squared L2 distance ``d``, whose scores are converted to cosines ``1 - d / 2``.
         factory: The faiss factory description of an imported index (e.g. ``"OPQ8_32,IVF32,PQ8x4"``), ``None`` for
             one built by :func:`build_index`; informational (the saved faiss file holds the index itself).
+        coarse_quantizer: IVF kinds: how a vector finds its lists. ``"flat"`` compares it with all ``nlist``
+            centroids (``2·nlist·D`` flops per vector added or query); ``"hnsw"`` searches an HNSW graph over the
+            centroids (``IVF{nlist}_HNSW{hnsw_m}``, the billion-scale faiss recipe and autofaiss's choice), about
+            ``O(ef_search·hnsw_m·D)`` whatever ``nlist``: use it from tens of thousands of lists up. CPU only.
     """
 
     kind: IndexKind = "flat"
@@ -143,9 +149,20 @@ class IndexConfig(SegModel):
     on_disk: bool = False
     metric: IndexMetric = "inner_product"
     factory: str | None = None
+    coarse_quantizer: CoarseQuantizer = "flat"
 
     @model_validator(mode="after")
     def _consistent(self) -> IndexConfig:
+        if self.coarse_quantizer == "hnsw" and self.kind not in {"ivf_flat", "ivf_pq"}:
+            raise ValueError(
+                f"coarse_quantizer='hnsw' with kind={self.kind!r}: only IVF indexes have a coarse quantiser; use "
+                "kind='ivf_pq' or 'ivf_flat', or coarse_quantizer='flat'"
+            )
+        if self.coarse_quantizer == "hnsw" and self.device == "gpu":
+            raise ValueError(
+                "coarse_quantizer='hnsw' with device='gpu': faiss runs HNSW on the CPU only; use device='cpu' or "
+                "'auto', or coarse_quantizer='flat' on the GPU"
+            )
         if self.on_disk and self.kind not in {"ivf_flat", "ivf_pq"}:
             raise ValueError(
                 f"on_disk=True with kind={self.kind!r}: only IVF indexes keep their lists on disk; use "
@@ -333,6 +350,8 @@ def estimate_index_bytes(config: IndexConfig, count: int, dim: int) -> int:
         return count * (4 * dim + 4 * 2 * config.hnsw_m)
     nlist = config.nlist if config.nlist is not None else default_nlist(count)
     fixed = 4 * nlist * dim
+    if config.coarse_quantizer == "hnsw":
+        fixed += nlist * 4 * 2 * config.hnsw_m  # the graph's base-level links over the centroids
     if config.kind == "ivf_pq":
         fixed += 4 * (2**config.pq_bits) * dim  # pq_m codebooks of 2**pq_bits centroids of D/pq_m dims
         per_vector = math.ceil(config.pq_m * config.pq_bits / 8) + 8
@@ -381,7 +400,7 @@ def config_for_memory(
         keep["nprobe"] = nlist
     candidates: list[IndexConfig] = []
     if count <= flat_max:
-        candidates.append(IndexConfig(kind="flat", **keep))
+        candidates.append(IndexConfig(kind="flat", **(keep | {"coarse_quantizer": "flat"})))
     if count >= 2:
         candidates.append(IndexConfig(kind="ivf_flat", **keep))
     pq_ms = [m for m in _PQ_CHOICES if dim % m == 0 and m <= dim // 2]
@@ -412,12 +431,13 @@ def config_for_memory(
 def _factory_string(config: IndexConfig) -> str:
     if config.kind == "flat":
         return "Flat"
+    ivf = f"IVF{config.nlist}" + (f"_HNSW{config.hnsw_m}" if config.coarse_quantizer == "hnsw" else "")
     if config.kind == "ivf_flat":
-        return f"IVF{config.nlist},Flat"
+        return f"{ivf},Flat"
     if config.kind == "ivf_pq":
         # "np": no polysemous training, which the factory turns on by default; it only serves Hamming-distance
         # filtering, which we never use, and multiplies training time (9.9 s instead of 2.8 s for 2,000 x 32).
-        return f"IVF{config.nlist},PQ{config.pq_m}x{config.pq_bits}np"
+        return f"{ivf},PQ{config.pq_m}x{config.pq_bits}np"
     return f"HNSW{config.hnsw_m},Flat"
 
 
@@ -553,7 +573,8 @@ def build_index(
             "IndexConfig.on_disk=True needs a folder for the inverted lists: pass build_index(..., directory=DIR) "
             "(`seg retrieve index --on-disk` uses --out)"
         )
-    device = "cpu" if config.on_disk else resolve_device(config.device, config.kind)
+    cpu_only = config.on_disk or config.coarse_quantizer == "hnsw"  # faiss has neither on the GPU
+    device = "cpu" if cpu_only else resolve_device(config.device, config.kind)
     index: Any = None if config.on_disk else _empty_index(config, rows.dim)
     resources = None
     if device == "gpu":  # train and add on the GPU too: the k-means assignment is the expensive part
@@ -605,6 +626,10 @@ def _empty_index(config: IndexConfig, dim: int) -> Any:
         ivf.cp.seed = config.seed
         if config.kind == "ivf_pq":
             index.pq.cp.seed = config.seed
+        if config.coarse_quantizer == "hnsw":
+            quantizer: Any = faiss.downcast_index(ivf.quantizer)
+            quantizer.hnsw.efConstruction = config.ef_construction
+            quantizer.hnsw.efSearch = config.ef_search
     return index
 
 
@@ -890,6 +915,7 @@ def _imported_config(index: Any) -> tuple[IndexConfig, Path | None]:
         if isinstance(quantizer, faiss.IndexHNSW):
             graph: Any = quantizer.hnsw
             fields.update(hnsw_m=max(2, int(graph.nb_neighbors(1))), ef_search=max(1, int(graph.efSearch)))
+            fields["coarse_quantizer"] = "hnsw"
         lists = _ondisk_lists(core)
         if lists is not None:
             if not str(lists.filename):
@@ -1254,6 +1280,11 @@ class EmbeddingIndex:
                     "with device='cpu' or 'auto'"
                 )
             flags = faiss.IO_FLAG_ONDISK_SAME_DIR  # the lists file is found next to index.faiss, wherever it moved
+        if manifest.config.coarse_quantizer == "hnsw" and device == "gpu":
+            raise ConfigError(
+                f"the index in {directory} finds its lists with an HNSW coarse quantiser, which faiss runs on the CPU "
+                "only; load it with device='cpu' or 'auto'"
+            )
         index = faiss.read_index(str(directory / INDEX_FILE), flags)
         if not isinstance(ids, list) or len(ids) != index.ntotal or index.ntotal != manifest.count:
             raise ConfigError(
@@ -1261,7 +1292,8 @@ class EmbeddingIndex:
                 f"{index.ntotal} in {INDEX_FILE}, {len(ids) if isinstance(ids, list) else 'no list of'} ids; rebuild it"
             )
         config = manifest.config if device is None else manifest.config.model_copy(update={"device": device})
-        resolved = "cpu" if config.on_disk else resolve_device(config.device, config.kind)
+        cpu_only = config.on_disk or config.coarse_quantizer == "hnsw"
+        resolved = "cpu" if cpu_only else resolve_device(config.device, config.kind)
         store = manifest.store
         if store is not None and not Path(store).is_absolute():  # relative to the index folder (portable copies)
             store = str((directory / store).resolve())
