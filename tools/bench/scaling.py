@@ -2,6 +2,7 @@
 
     python tools/bench/scaling.py index [--sizes 10000 100000 1000000] [--dim 512] [--work runs/bench/scaling]
     python tools/bench/scaling.py index-procs [--size 1000000]
+    python tools/bench/scaling.py coarse [--nlists 4096 65536] [--ef-search 16 64 128]
     python tools/bench/scaling.py curate [--concepts 10000] [--batch-size 1000] [--size 1000000]
     python tools/bench/scaling.py embed [--images 1536] [--procs 1 2]
     python tools/bench/scaling.py train [--steps 40] [--procs 1 2] [--batch 64]
@@ -22,6 +23,9 @@ memory, index bytes against :func:`seg_retrieval.index.estimate_index_bytes`, se
 
 ``index-procs``: the on-disk IVF-PQ build of ``--size`` vectors as 1 process x 1 thread, 1 x 2 and 2 x 1
 (``torchrun``: rank 0 trains and merges, the ranks split the part adds).
+
+``coarse``: the per-vector cost of finding its list among ``nlist`` centroids, exhaustively (the flat coarse
+quantiser) or through an HNSW graph (``coarse_quantizer="hnsw"``), and how often the graph finds the exact list.
 
 ``curate``: batched archive curation (:func:`seg_retrieval.curate.curate_archive_batched`) of ``--concepts`` concept
 queries over the on-disk IVF-PQ index of ``--size`` vectors, text embeddings stood in by mixture vectors (the text
@@ -488,6 +492,56 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# coarse quantiser
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def run_coarse(args: argparse.Namespace) -> None:
+    """The cost of finding a vector's list: ``nlist`` centroids searched exhaustively (flat) or through an HNSW graph.
+
+    This is the part of adding a vector (and of a query) that grows with ``nlist``. Centroids are mixture vectors
+    (no k-means needed to time the assignment); each row is ``--vectors`` assignments to the nearest list, one thread
+    per process as in the build, and the HNSW row's agreement with the exact nearest centroid.
+    """
+    import faiss
+    import numpy as np
+
+    _threads(args.threads)
+    for nlist in args.nlists:
+        centroids, vectors = _mixture(nlist, args.vectors, args.dim, seed=2)
+        flat = faiss.IndexFlatIP(args.dim)
+        flat.add(centroids)
+        started = time.perf_counter()
+        _, exact = flat.search(vectors, 1)
+        flat_s = time.perf_counter() - started
+        graph = faiss.IndexHNSWFlat(args.dim, 32, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = 200
+        started = time.perf_counter()
+        graph.add(centroids)
+        graph_build_s = time.perf_counter() - started
+        for ef in args.ef_search:
+            graph.hnsw.efSearch = ef
+            started = time.perf_counter()
+            _, found = graph.search(vectors, 1)
+            hnsw_s = time.perf_counter() - started
+            _record(
+                args.work,
+                f"coarse/nlist{nlist}/ef{ef}",
+                {
+                    "nlist": nlist,
+                    "dim": args.dim,
+                    "vectors": args.vectors,
+                    "threads": args.threads,
+                    "flat_us_per_vector": 1e6 * flat_s / args.vectors,
+                    "hnsw_us_per_vector": 1e6 * hnsw_s / args.vectors,
+                    "hnsw_build_s": graph_build_s,
+                    "ef_search": ef,
+                    "same_list": float(np.mean(found[:, 0] == exact[:, 0])),
+                },
+            )
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -522,6 +576,7 @@ def run_report(args: argparse.Namespace) -> None:
         ("embed/", ("procs", "images", "seconds", "images_per_s", "prompts_per_s_rank0", "peak_anon_bytes")),
         ("train/", ("procs", "steps", "global_batch", "seconds", "pairs_per_s", "peak_anon_bytes")),
         ("index-procs/", ("n", "procs", "threads", "seconds", "peak_anon_bytes")),
+        ("coarse/", ("nlist", "ef_search", "flat_us_per_vector", "hnsw_us_per_vector", "same_list", "hnsw_build_s")),
     ):
         rows = [data[key] for key in sorted(data) if key.startswith(section)]
         if not rows:
@@ -567,6 +622,12 @@ def main() -> None:
     curate.add_argument("--size", type=int, default=1_000_000)
     curate.add_argument("--concepts", type=int, default=10_000)
     curate.add_argument("--batch-size", type=int, default=1000)
+    coarse = commands.add_parser("coarse")
+    coarse.add_argument("--nlists", type=int, nargs="+", default=[4096, 65536])
+    coarse.add_argument("--dim", type=int, default=512)
+    coarse.add_argument("--vectors", type=int, default=10_000)
+    coarse.add_argument("--ef-search", type=int, nargs="+", default=[16, 64, 128])
+    coarse.add_argument("--threads", type=int, default=1)
     index_procs = commands.add_parser("index-procs")
     index_procs.add_argument("--size", type=int, default=1_000_000)
     embed = commands.add_parser("embed")
@@ -583,6 +644,7 @@ def main() -> None:
         "index": run_index,
         "curate": run_curate,
         "index-procs": run_index_procs,
+        "coarse": run_coarse,
         "embed": run_embed,
         "train": run_train,
         "report": run_report,
