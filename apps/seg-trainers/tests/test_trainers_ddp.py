@@ -520,8 +520,8 @@ def test_reclip_both_stages_under_torchrun(tmp_path: Path) -> None:
     assert summaries[1]["calls"] == {}
     # Rank 1 wrote nothing in the run folder; rank 0 wrote every file of it.
     assert _files(summaries[1]["writes"]) == set()
-    written = _files(summaries[0]["first_writes"])
-    for name in (
+    _assert_rank0_wrote(
+        summaries,
         "recipe.yaml",
         "hypotheses.pt",
         "hypotheses.json",
@@ -530,11 +530,10 @@ def test_reclip_both_stages_under_torchrun(tmp_path: Path) -> None:
         "rectifier/training.json",
         "model/reclip.json",
         "model/training.json",
-    ):
-        assert name in written, f"rank 0 did not write {name}: {sorted(written)}"
+    )
     assert (run / "rectify" / "checkpoints" / "latest").read_text().strip() == "step_00000003"
     assert (run / "distill" / "checkpoints" / "latest").read_text().strip() == "step_00000002"
-    assert not [path for path in run.rglob("*") if path.name.startswith(".")], "temporary files left behind"
+    _assert_no_temporary_files(run)
 
     # The folders load with the method's loaders and hold rank 0's trained weights (stored in fp16).
     torch.manual_seed(0)
@@ -566,11 +565,9 @@ def test_zutis_under_torchrun(tmp_path: Path) -> None:
     assert summaries[1]["calls"] == {}
     # Rank 1 wrote at most its own shards of the embedding store (embed_collection splits the shards over the ranks;
     # these 40 images make one shard, rank 0's), nothing that rank 0 wrote, and nothing else.
-    others = _files(summaries[1]["writes"])
-    assert all(path.startswith("store/shard-") for path in others), sorted(others)
-    assert not others & _files(summaries[0]["writes"])
-    written = _files(summaries[0]["first_writes"])
-    for name in (
+    _assert_rank1_wrote_only(summaries, "store/shard-")
+    _assert_rank0_wrote(
+        summaries,
         "recipe.yaml",
         "store/manifest.json",
         "store/shard-00000.npy",
@@ -580,10 +577,9 @@ def test_zutis_under_torchrun(tmp_path: Path) -> None:
         "saliency.json",
         "model/zutis.json",
         "model/training.json",
-    ):
-        assert name in written, f"rank 0 did not write {name}: {sorted(written)}"
+    )
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000003"
-    assert not [path for path in run.rglob("*") if path.name.startswith(".")], "temporary files left behind"
+    _assert_no_temporary_files(run)
 
     # The folder loads with the method's loader and holds rank 0's trained weights (stored in fp16).
     torch.manual_seed(0)
@@ -624,6 +620,21 @@ def _assert_one_process_batches(
         assert summaries[rank]["seen"][stage] == expected, f"{stage}: rank {rank} did not get batches {rank}, ..."
 
 
+def _assert_rank1_wrote_only(summaries: list[dict[str, Any]], store_shards: str) -> None:
+    """Rank 1 wrote at most its own shards of the embedding store (``embed_collection`` splits them over the ranks)
+    and nothing rank 0 wrote."""
+    others = _files(summaries[1]["writes"])
+    assert all(path.startswith(store_shards) for path in others), sorted(others)
+    assert not others & _files(summaries[0]["writes"])
+
+
+def _assert_rank0_wrote(summaries: list[dict[str, Any]], *names: str) -> None:
+    """Rank 0 wrote every file of ``names`` in its first call."""
+    written = _files(summaries[0]["first_writes"])
+    for name in names:
+        assert name in written, f"rank 0 did not write {name}: {sorted(written)}"
+
+
 def _assert_no_temporary_files(run: Path) -> None:
     assert not [path for path in run.rglob("*") if path.name.startswith(".") or ".tmp" in path.name]
 
@@ -644,9 +655,7 @@ def test_synthetic_clip_under_torchrun(tmp_path: Path) -> None:
 
     # Rank 1 wrote nothing in the run folder; rank 0 wrote the recipe and the model folder.
     assert _files(summaries[1]["writes"]) == set()
-    written = _files(summaries[0]["first_writes"])
-    for name in ("recipe.yaml", f"model/{CLIP_CONFIG_FILE}", f"model/{CLIP_WEIGHTS_FILE}"):
-        assert name in written, f"rank 0 did not write {name}: {sorted(written)}"
+    _assert_rank0_wrote(summaries, "recipe.yaml", f"model/{CLIP_CONFIG_FILE}", f"model/{CLIP_WEIGHTS_FILE}")
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000003"
     _assert_no_temporary_files(run)
     # The local-dir folder loads with open_clip and holds rank 0's trained weights (stored in fp16).
@@ -764,11 +773,9 @@ def test_reco_and_reco_plus_under_torchrun(tmp_path: Path) -> None:
     assert summaries[0]["calls"] == {"curate_archive": 2, "reference_embeddings": 2, "make_pseudo_labels": 1}
     assert summaries[1]["calls"] == {}
     # Rank 1 wrote at most its own shards of the embedding store (these 24 images make one shard, rank 0's).
-    others = _files(summaries[1]["writes"])
-    assert all(path.startswith("reco/store/shard-") for path in others), sorted(others)
-    assert not others & _files(summaries[0]["writes"])
-    written = _files(summaries[0]["first_writes"])
-    for name in (
+    _assert_rank1_wrote_only(summaries, "reco/store/shard-")
+    _assert_rank0_wrote(
+        summaries,
         "reco/store/manifest.json",
         "reco/archive.json",
         "reco/purity.json",
@@ -778,8 +785,7 @@ def test_reco_and_reco_plus_under_torchrun(tmp_path: Path) -> None:
         "plus/pseudo_labels.npy",
         "plus/model/reco_plus.json",
         "plus/model/model.safetensors",
-    ):
-        assert name in written, f"rank 0 did not write {name}: {sorted(written)}"
+    )
     assert (run / "plus" / "checkpoints" / "latest").read_text().strip() == "step_00000003"
     _assert_no_temporary_files(run)
 
