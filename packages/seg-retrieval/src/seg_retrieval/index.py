@@ -61,7 +61,7 @@ from pydantic import Field, PositiveInt, model_validator
 from torch import Tensor
 
 from seg_core import ConfigError, SegModel
-from seg_retrieval.store import EmbeddingStore
+from seg_retrieval.store import EmbeddingStore, _atomic_write, _process_group
 
 __all__ = [
     "INDEX_FILE",
@@ -608,7 +608,7 @@ def build_index(
     )
     if config.on_disk:
         assert directory is not None
-        rank, _, barrier = _distributed()
+        rank, _, barrier = _process_group()
         if rank == 0:
             built.save(directory)
             shutil.rmtree(Path(directory) / _PARTS_DIR, ignore_errors=True)
@@ -645,7 +645,7 @@ def _build_on_disk(
     """
     from faiss.contrib.ondisk import merge_ondisk
 
-    rank, world_size, barrier = _distributed()
+    rank, world_size, barrier = _process_group()
     parts = directory / _PARTS_DIR
     trained_file = parts / "trained.faiss"
     if rank == 0:
@@ -663,7 +663,7 @@ def _build_on_disk(
         if plan_file.is_file() and json.loads(plan_file.read_text(encoding="utf-8")) != plan:
             shutil.rmtree(parts)  # another config or other rows: nothing written before is valid for this build
             parts.mkdir(parents=True)
-        _write_text(plan_file, json.dumps(plan, sort_keys=True))
+        _atomic_write(plan_file, functools.partial(_write_str, json.dumps(plan, sort_keys=True)), binary=False)
         if not trained_file.is_file():
             trained = _empty_index(config, rows.dim)
             trained.train(sample)
@@ -685,7 +685,7 @@ def _build_on_disk(
             part = faiss.clone_index(trained)
             part.add_with_ids(block, np.arange(start, start + block.shape[0], dtype=np.int64))
             _write_index(part, part_file)
-            _write_text(digest_file, digest)
+            _atomic_write(digest_file, functools.partial(_write_str, digest), binary=False)
         if progress is not None:
             progress(min(start + block.shape[0], rows.count), rows.count)
     barrier()
@@ -701,17 +701,6 @@ def _build_on_disk(
     return faiss.read_index(str(directory / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
 
 
-def _distributed() -> tuple[int, int, Callable[[], None]]:
-    """``(rank, world size, barrier)`` of the ``torch.distributed`` process group, or ``(0, 1, no-op)``."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        from seg_retrieval.store import _distributed_barrier
-
-        return dist.get_rank(), dist.get_world_size(), _distributed_barrier
-    return 0, 1, lambda: None
-
-
 def _digest(*chunks: bytes) -> str:
     import hashlib
 
@@ -719,6 +708,10 @@ def _digest(*chunks: bytes) -> str:
     for chunk in chunks:
         digest.update(chunk)
     return digest.hexdigest()
+
+
+def _write_str(text: str, handle: Any) -> None:
+    handle.write(text)
 
 
 def _write_index(index: Any, path: Path) -> None:
@@ -729,12 +722,6 @@ def _write_index(index: Any, path: Path) -> None:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -389,10 +389,7 @@ def embed_collection(
         ConfigError: ``out_dir`` holds a store of another plan (other encoder, dimension, size, shard size,
             collection), or is a non-empty folder that is not a store.
     """
-    if dist.is_available() and dist.is_initialized():
-        rank, world_size, barrier = dist.get_rank(), dist.get_world_size(), _distributed_barrier
-    else:
-        rank, world_size, barrier = 0, 1, _no_barrier
+    rank, world_size, barrier = _process_group()
     return _embed_on_rank(
         encoder,
         collection,
@@ -408,6 +405,13 @@ def embed_collection(
         world_size=world_size,
         barrier=barrier,
     )
+
+
+def _process_group() -> tuple[int, int, Callable[[], None]]:
+    """``(rank, world size, barrier)`` of the ``torch.distributed`` process group, or ``(0, 1, no-op)``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), _distributed_barrier
+    return 0, 1, _no_barrier
 
 
 def _no_barrier() -> None:
