@@ -18,7 +18,7 @@ image, and flips would not change what a caption says.
 Under ``torchrun`` rank ``r`` of ``W`` takes batches ``r, r + W, ...`` of that sequence
 (:func:`seg_trainers.clip.batch_loader`), the InfoNCE negatives are the global batch, and rank 0 alone writes the
 files; a step that needs more than the model's ``forward`` (PGSeg's) runs through the DDP wrapper with
-:func:`run_as_forward`, so that the ranks' gradients are averaged.
+:func:`seg_train.run_as_forward`, so that the ranks' gradients are averaged.
 
 Model folders: GroupViT writes :func:`seg_models.groupvit.save_groupvit`'s ``config.json`` + ``model.safetensors``,
 PGSeg :func:`seg_models.pgseg.save_pgseg`'s ``pgseg.json`` + ``model.safetensors`` (fp16), each with
@@ -31,7 +31,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, PositiveInt
@@ -52,7 +52,7 @@ from seg_models.groupvit import (
     save_groupvit,
 )
 from seg_models.pgseg import PGSeg, PGSegConfig, save_pgseg
-from seg_train import StepOutput, Trainer, TrainResult, barrier, build_optimizer, init_distributed
+from seg_train import StepOutput, Trainer, TrainResult, barrier, build_optimizer, init_distributed, run_as_forward
 from seg_trainers.clip import WorldPairBatches, batch_loader
 
 __all__ = [
@@ -70,12 +70,8 @@ __all__ = [
     "new_grouping_model",
     "pgseg_loss_terms",
     "pgseg_step",
-    "run_as_forward",
     "train_groupvit",
 ]
-
-B = TypeVar("B")
-T = TypeVar("T")
 
 TRAINING_FILE = "training.json"
 
@@ -275,36 +271,6 @@ def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, A
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def run_as_forward(model: nn.Module, compute: Callable[[nn.Module, B], T], batch: B) -> T:
-    """``compute(inner, batch)`` on the module inside ``model``, run as ``model``'s forward when ``model`` is a DDP
-    wrapper.
-
-    DistributedDataParallel averages the ranks' gradients only after a forward through the wrapper (which prepares
-    the reducer for the backward); a step that calls another method of the unwrapped model (PGSeg's
-    ``training_forward``, SimCon's prediction head) would leave each rank with its own gradients and the replicas
-    would drift apart. Here the wrapper's forward runs ``compute`` instead of the module's ``forward`` (for that one
-    call), so the step's whole computation is the forward DDP sees; ``batch`` goes through the wrapper as the
-    forward's input (DDP moves it to the wrapper's device, where the engine already put it). Return only tensors
-    the loss uses (or detached ones, or plain numbers) from ``compute``: with ``find_unused_parameters`` DDP treats
-    every parameter reachable from the output as used. Without a wrapper (one process) this is just
-    ``compute(model, batch)``.
-
-    Args:
-        model: The model the engine passes to the step (DDP-wrapped under ``torchrun``).
-        compute: The step's computation on the unwrapped module and the batch.
-        batch: The step's batch.
-    """
-    if not isinstance(model, nn.parallel.DistributedDataParallel):
-        return compute(model, batch)
-    inner = model.module
-    inner.__dict__["forward"] = lambda moved: compute(inner, moved)  # shadows the class's forward for this call
-    try:
-        result: T = model(batch)
-    finally:
-        del inner.__dict__["forward"]
-    return result
-
-
 def groupvit_step(model: nn.Module, batch: dict[str, Tensor]) -> StepOutput:
     """One InfoNCE step (GroupViT Eq. 1) through ``model.forward``, so a DDP wrapper synchronises gradients."""
     images, texts, scale = model(batch["images"], batch["tokens"])
@@ -349,7 +315,7 @@ def pgseg_step(
     """The PGSeg step: InfoNCE plus, from optimiser step ``start_step`` on, λ/β-weighted PG losses.
 
     A batch's optimiser step is its ``batch_index`` (its place in the one-process sequence of batches) divided by
-    ``grad_accum_steps × world_size``. The step runs through the DDP wrapper (:func:`run_as_forward`). Every
+    ``grad_accum_steps × world_size``. The step runs through the DDP wrapper (:func:`seg_train.run_as_forward`). Every
     parameter gets a gradient in every step, before ``start_step`` too (the I-NPR reconstructions are part of the
     vision forward), so DDP needs no ``find_unused_parameters``.
 

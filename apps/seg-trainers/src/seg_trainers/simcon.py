@@ -23,7 +23,7 @@ The exported model folder is the GroupViT's (or PGSeg's); the prediction head is
 Under ``torchrun`` rank ``r`` of ``W`` takes batches ``r, r + W, ...`` of the one-process sequence
 (:func:`seg_trainers.clip.batch_loader`), so its views are those batches' views; the contrastive terms see the global
 batch, the view loss stays per rank, the step runs through the DDP wrapper
-(:func:`seg_trainers.groupvit.run_as_forward`) so the ranks' gradients are averaged, and rank 0 alone writes files.
+(:func:`seg_train.run_as_forward`) so the ranks' gradients are averaged, and rank 0 alone writes files.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from seg_losses.contrastive import PredictionHead
 from seg_losses.distributed import gather_batch
 from seg_models.groupvit import GroupViT, GroupViTConfig, groupvit_tokenizer
 from seg_models.pgseg import PGSeg, PGSegConfig
-from seg_train import StepOutput, Trainer, barrier, build_optimizer, init_distributed
+from seg_train import StepOutput, Trainer, barrier, build_optimizer, init_distributed, run_as_forward
 from seg_train.augment import SegAugmentConfig, augment_batch
 from seg_trainers.clip import batch_loader
 from seg_trainers.groupvit import (
@@ -57,7 +57,6 @@ from seg_trainers.groupvit import (
     export_grouping_model,
     initial_grouping_model,
     pgseg_loss_terms,
-    run_as_forward,
 )
 
 __all__ = [
@@ -219,7 +218,7 @@ def simcon_step(recipe: SimConRecipe, world_size: int = 1) -> Callable[[nn.Modul
 
     A batch's optimiser step (of the λ schedule and the PG start) is its ``batch_index`` divided by
     ``grad_accum_steps × world_size``. The step runs through the DDP wrapper
-    (:func:`seg_trainers.groupvit.run_as_forward`); outside ``mv-simcon`` the prediction head gets no gradient, so
+    (:func:`seg_train.run_as_forward`); outside ``mv-simcon`` the prediction head gets no gradient, so
     under ``torchrun`` the engine then needs ``ddp_kwargs={"find_unused_parameters": True}`` (as
     :func:`train_simcon` passes).
 

@@ -9,8 +9,10 @@ single-process context, so the same script runs both ways.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -23,12 +25,16 @@ __all__ = [
     "barrier",
     "distributed_context",
     "init_distributed",
+    "run_as_forward",
     "shard_indices",
     "shutdown_distributed",
     "unwrap_model",
 ]
 
 _LAUNCH_VARIABLES = ("RANK", "MASTER_ADDR", "MASTER_PORT")
+
+B = TypeVar("B")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -180,3 +186,33 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             inner = original
             continue
         return inner
+
+
+def run_as_forward(model: nn.Module, compute: Callable[[nn.Module, B], T], batch: B) -> T:
+    """``compute(inner, batch)`` on the module inside ``model``, run as ``model``'s forward when ``model`` is a DDP
+    wrapper.
+
+    DistributedDataParallel averages the ranks' gradients only after a forward through the wrapper (which prepares
+    the reducer for the backward); a step that calls another method of the unwrapped model (PGSeg's
+    ``training_forward``, SimCon's prediction head) would leave each rank with its own gradients and the replicas
+    would drift apart. Here the wrapper's forward runs ``compute`` instead of the module's ``forward`` (for that one
+    call), so the step's whole computation is the forward DDP sees; ``batch`` goes through the wrapper as the
+    forward's input (DDP moves it to the wrapper's device, where the engine already put it). Return only tensors
+    the loss uses (or detached ones, or plain numbers) from ``compute``: with ``find_unused_parameters`` DDP treats
+    every parameter reachable from the output as used. Without a wrapper (one process) this is just
+    ``compute(model, batch)``.
+
+    Args:
+        model: The model the engine passes to the step (DDP-wrapped under ``torchrun``).
+        compute: The step's computation on the unwrapped module and the batch.
+        batch: The step's batch.
+    """
+    if not isinstance(model, nn.parallel.DistributedDataParallel):
+        return compute(model, batch)
+    inner = model.module
+    inner.__dict__["forward"] = lambda moved: compute(inner, moved)  # shadows the class's forward for this call
+    try:
+        result: T = model(batch)
+    finally:
+        del inner.__dict__["forward"]
+    return result
