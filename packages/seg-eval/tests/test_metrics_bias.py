@@ -12,6 +12,7 @@ from seg_eval.metrics import (
     ConfusionMatrix,
     SpacePreference,
     class_preference_score,
+    controlled_space_slope,
     object_centroid_distances,
     object_ious,
     semantic_objects,
@@ -189,3 +190,71 @@ def test_space_preference_merge_and_arguments() -> None:
         space_preference_score([0.1], [1.0], num_bins=1)
     with pytest.raises(ValueError, match="distances has 2 entries but ious has 1"):
         space_preference_score([0.1, 0.2], [1.0])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Space preference controlled for class and size
+
+
+def test_controlled_slope_recovers_a_linear_within_class_effect() -> None:
+    generator = np.random.default_rng(3)
+    labels = generator.integers(0, 4, size=200)
+    distances = generator.uniform(0, 1, size=200)
+    areas = generator.integers(20, 400, size=200)
+    class_offset = np.array([0.1, 0.5, 0.3, 0.7])[labels]
+    ious = class_offset - 0.25 * distances + 0.05 * np.log(areas)
+    result = controlled_space_slope(distances, ious, labels, areas)
+    assert result.slope == pytest.approx(-0.25)
+    assert result.area_coefficient == pytest.approx(0.05)
+    assert (result.num_objects, result.num_classes) == (200, 4)
+
+
+def test_controlled_slope_ignores_class_layout_and_border_truncation() -> None:
+    # A hard class that sits far out and an easy one near the centre, and objects that are small because the border
+    # cuts them: the binned slope is steep, yet within a class and size position changes nothing.
+    generator = np.random.default_rng(4)
+    far = generator.uniform(0.6, 1.0, size=100)
+    near = generator.uniform(0.0, 0.5, size=100)
+    distances = np.concatenate([far, near])
+    labels = np.repeat([1, 2], 100)
+    areas = np.where(distances > 0.8, 30, 300) * generator.uniform(0.8, 1.2, size=200)
+    ious = np.where(labels == 1, 0.1, 0.6) + 0.1 * np.log(areas / 300)
+    binned = space_preference_score(distances, ious, labels=labels, areas=areas)
+    assert binned.score < -0.3
+    assert binned.controlled is not None
+    assert binned.controlled.slope == pytest.approx(0.0, abs=1e-9)
+    assert binned.controlled.area_coefficient == pytest.approx(0.1)
+
+
+def test_collector_fits_the_controlled_slope_on_the_objects_it_saw() -> None:
+    # Class 1 squares are found only near the centre: a genuine position effect within the class.
+    collector = SpacePreference()
+    for target, distance in _object_images(2):
+        pred = target if distance < 0.4 or target.max() != 1 else np.zeros_like(target)
+        collector.update_from_semantic(pred, target, exclude_classes=[0])
+    assert collector.labels.shape == collector.areas.shape == (collector.num_objects,)
+    assert set(collector.areas.tolist()) == {64}
+    result = collector.compute(num_bins=5)
+    assert result.controlled is not None
+    expected = controlled_space_slope(collector.distances, collector.ious, collector.labels, collector.areas)
+    assert result.controlled == expected
+    assert result.controlled.slope < -0.3
+    assert result.controlled.area_coefficient == 0.0  # every square is 8x8: distance alone
+    merged = SpacePreference().merge(collector)
+    assert merged.labels.tolist() == collector.labels.tolist()
+    collector.reset()
+    assert collector.num_objects == 0
+    assert collector.labels.size == collector.areas.size == 0
+
+
+def test_controlled_slope_arguments() -> None:
+    with pytest.raises(ValueError, match="one entry per object, got 2, 2, 1 and 2"):
+        controlled_space_slope([0.1, 0.2], [1.0, 0.5], [1], [4, 4])
+    with pytest.raises(ValueError, match="areas must be > 0"):
+        controlled_space_slope([0.1, 0.2], [1.0, 0.5], [1, 1], [4, 0])
+    with pytest.raises(ValueError, match="labels and areas go together"):
+        space_preference_score([0.1, 0.2], [1.0, 0.5], labels=[1, 1])
+    lone = controlled_space_slope([0.1, 0.2], [1.0, 0.5], [1, 2], [4, 4])  # one object per class: nothing to fit
+    assert math.isnan(lone.slope)
+    assert lone.num_classes == 0
+    assert space_preference_score([0.1, 0.2], [1.0, 0.5]).controlled is None

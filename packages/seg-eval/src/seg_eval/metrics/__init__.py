@@ -4,7 +4,8 @@
   :func:`mean_accuracy`, :func:`frequency_weighted_iou`: supervised semantic segmentation.
 * :class:`HungarianMatchedIoU` / :func:`hungarian_match`: cluster outputs (unsupervised protocol).
 * :class:`MaskAP` / :func:`mask_ap`: instance masks through pycocotools.
-* :func:`class_preference_score`, :func:`space_preference_score`, :class:`SpacePreference`: bias scores.
+* :func:`class_preference_score`, :func:`space_preference_score`, :class:`SpacePreference`: bias scores;
+  :func:`controlled_space_slope`: the space preference within class and size.
 * :class:`SegmentationMetrics`: the typed result and its ``results.json`` form.
 
 Formulas and the absent-class convention: ``docs/metrics.md``.
@@ -12,9 +13,11 @@ Formulas and the absent-class convention: ``docs/metrics.md``.
 
 from seg_eval.metrics.bias import (
     ClassPreferenceResult,
+    ControlledSpaceSlope,
     SpacePreference,
     SpacePreferenceResult,
     class_preference_score,
+    controlled_space_slope,
     object_centroid_distances,
     object_ious,
     semantic_objects,
@@ -38,6 +41,7 @@ from seg_eval.metrics.results import SegmentationMetrics
 __all__ = [
     "ClassPreferenceResult",
     "ConfusionMatrix",
+    "ControlledSpaceSlope",
     "HungarianMatch",
     "HungarianMatchedIoU",
     "InstancePredictions",
@@ -50,6 +54,7 @@ __all__ = [
     "accuracy_per_class",
     "as_confusion_array",
     "class_preference_score",
+    "controlled_space_slope",
     "frequency_weighted_iou",
     "hungarian_match",
     "iou_per_class",

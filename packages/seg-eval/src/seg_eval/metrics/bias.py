@@ -23,6 +23,14 @@ them". Choices where the paper is vague (its appendix is not available to us):
   literal "average of the slopes between consecutive points" is also computed (``mean_finite_difference_slope``) and
   can be selected. With equally spaced contiguous bins it telescopes to (last − first) / (distance span), which
   depends on the two end bins only.
+
+The binned slope mixes three things with position: *which classes* sit far from the centre (in a world or dataset
+with layout priors, sky things are high up, boats low), *how much of an object is visible* (objects near a corner are
+cut by the border, so they are small), and *the level* of the curve (a method at IoU 0.08 everywhere cannot fall by
+more than 0.08). :func:`controlled_space_slope` separates the first two: the within-class least-squares slope of
+object IoU on distance with log visible area as a second regressor, i.e. how much IoU an object loses per unit of
+distance against objects of its own class and size. It is our addition, not the paper's; report it next to the
+paper's score, not instead of it.
 """
 
 from __future__ import annotations
@@ -40,9 +48,11 @@ from seg_eval.metrics.confusion import ConfusionLike, ConfusionMatrix, as_confus
 
 __all__ = [
     "ClassPreferenceResult",
+    "ControlledSpaceSlope",
     "SpacePreference",
     "SpacePreferenceResult",
     "class_preference_score",
+    "controlled_space_slope",
     "object_centroid_distances",
     "object_ious",
     "semantic_objects",
@@ -265,6 +275,8 @@ class SpacePreferenceResult:
         bin_centres: float64 ``[B]``.
         bin_iou: float64 ``[B]``: mean object IoU per bin, NaN for a bin with too few objects.
         bin_counts: int64 ``[B]``: objects per bin.
+        controlled: :func:`controlled_space_slope` of the same objects when their classes and areas were given
+            (``None`` otherwise).
     """
 
     score: float
@@ -274,6 +286,84 @@ class SpacePreferenceResult:
     bin_centres: npt.NDArray[np.float64]
     bin_iou: npt.NDArray[np.float64]
     bin_counts: npt.NDArray[np.int64]
+    controlled: ControlledSpaceSlope | None = None
+
+
+@dataclass(frozen=True)
+class ControlledSpaceSlope:
+    """Within-class slope of object IoU on centroid distance, holding log visible area fixed.
+
+    Attributes:
+        slope: IoU per unit of half-diagonal (0: no position effect among objects of one class and size; below 0:
+            objects lose IoU off-centre). NaN when fewer than two objects vary in distance within a class.
+        area_coefficient: IoU per unit of log area (how much larger objects of a class are segmented better).
+        num_objects: Objects in the fit (classes with a single object drop out).
+        num_classes: Classes with at least two objects.
+    """
+
+    slope: float
+    area_coefficient: float
+    num_objects: int
+    num_classes: int
+
+
+def controlled_space_slope(
+    distances: npt.ArrayLike, ious: npt.ArrayLike, labels: npt.ArrayLike, areas: npt.ArrayLike
+) -> ControlledSpaceSlope:
+    """How much IoU an object loses per unit of distance from the centre, against objects of its class and size.
+
+    Every variable is centred within its class (class fixed effects), then ::
+
+        iou_c = slope · distance_c + area_coefficient · log(area)_c      (least squares, no intercept)
+
+    So neither a class that is both hard and usually off-centre (planes high in the sky) nor objects that are small
+    because the border cuts them count as a space preference. Not in the paper; see the module docstring.
+
+    Args:
+        distances: ``[N]`` normalised centroid distances (:func:`object_centroid_distances`).
+        ious: ``[N]`` per-object IoUs; NaN entries are skipped.
+        labels: ``[N]`` object classes.
+        areas: ``[N]`` visible object areas in pixels (> 0).
+
+    Returns:
+        The slope, the area coefficient and the sample it was fitted on.
+    """
+    distance_array = np.asarray(distances, dtype=np.float64).reshape(-1)
+    iou_array = np.asarray(ious, dtype=np.float64).reshape(-1)
+    label_array = np.asarray(labels).reshape(-1)
+    area_array = np.asarray(areas, dtype=np.float64).reshape(-1)
+    sizes = {distance_array.size, iou_array.size, label_array.size, area_array.size}
+    if len(sizes) != 1:
+        raise ValueError(
+            f"distances, ious, labels and areas must have one entry per object, got {distance_array.size}, "
+            f"{iou_array.size}, {label_array.size} and {area_array.size}"
+        )
+    keep = np.isfinite(distance_array) & np.isfinite(iou_array)
+    if np.any(area_array[keep] <= 0):
+        raise ValueError("areas must be > 0 (the visible pixels of each object); drop empty objects first")
+    distance_array, iou_array = distance_array[keep], iou_array[keep]
+    label_array, log_area = label_array[keep], np.log(area_array[keep])
+    columns = [distance_array.copy(), log_area.copy(), iou_array.copy()]
+    used = np.zeros(distance_array.size, dtype=bool)
+    classes = 0
+    for cls in np.unique(label_array):
+        members = label_array == cls
+        if np.count_nonzero(members) < 2:
+            continue
+        classes += 1
+        used |= members
+        for column in columns:
+            column[members] -= column[members].mean()
+    design = np.stack([columns[0][used], columns[1][used]], axis=1)
+    target = columns[2][used]
+    nan = float("nan")
+    if not used.any() or not np.any(np.abs(design[:, 0]) > 1e-12):
+        return ControlledSpaceSlope(nan, nan, int(used.sum()), classes)
+    if not np.any(np.abs(design[:, 1]) > 1e-12):  # every object of a class equally large: distance alone
+        slope = float(design[:, 0] @ target / (design[:, 0] @ design[:, 0]))
+        return ControlledSpaceSlope(slope, 0.0, int(used.sum()), classes)
+    coefficients = np.linalg.lstsq(design, target, rcond=None)[0]
+    return ControlledSpaceSlope(float(coefficients[0]), float(coefficients[1]), int(used.sum()), classes)
 
 
 def space_preference_score(
@@ -284,6 +374,8 @@ def space_preference_score(
     max_distance: float = 1.0,
     min_objects_per_bin: int = 1,
     slope: SlopeMethod = "least_squares",
+    labels: npt.ArrayLike | None = None,
+    areas: npt.ArrayLike | None = None,
 ) -> SpacePreferenceResult:
     """ReCLIP++'s space-preference score: how fast object IoU falls with distance from the image centre.
 
@@ -304,9 +396,11 @@ def space_preference_score(
         max_distance: Upper end of the binned range.
         min_objects_per_bin: Bins with fewer objects are left out of the fit.
         slope: Which slope becomes ``score``: ``"least_squares"`` or ``"mean_finite_difference"``.
+        labels: Optional ``[N]`` object classes; with ``areas``, also fit :func:`controlled_space_slope`.
+        areas: Optional ``[N]`` visible object areas in pixels.
 
     Returns:
-        The score, both slopes and the binned curve.
+        The score, both slopes, the binned curve and (with labels and areas) the controlled slope.
     """
     if num_bins < 2:
         raise ValueError(f"num_bins must be >= 2 to fit a slope, got {num_bins}")
@@ -318,6 +412,9 @@ def space_preference_score(
     iou_array = np.asarray(ious, dtype=np.float64).reshape(-1)
     if distance_array.shape != iou_array.shape:
         raise ValueError(f"distances has {distance_array.size} entries but ious has {iou_array.size}: pass one each")
+    if (labels is None) != (areas is None):
+        raise ValueError("labels and areas go together: pass both for the controlled slope, or neither")
+    controlled = None if labels is None or areas is None else controlled_space_slope(distances, ious, labels, areas)
     keep = np.isfinite(distance_array) & np.isfinite(iou_array)
     distance_array, iou_array = distance_array[keep], iou_array[keep]
 
@@ -345,13 +442,15 @@ def space_preference_score(
         bin_centres=centres,
         bin_iou=bin_iou,
         bin_counts=counts,
+        controlled=controlled,
     )
 
 
 class SpacePreference:
     """Streaming collector of (centroid distance, IoU) per object, scored by :func:`space_preference_score`.
 
-    Keeps two floats per object, so a dataset streams through in little memory.
+    Keeps four numbers per object (distance, IoU, class, visible area), so a dataset streams through in little
+    memory; :meth:`compute` also fits :func:`controlled_space_slope`.
 
     Example:
         >>> import numpy as np
@@ -366,6 +465,8 @@ class SpacePreference:
     def __init__(self) -> None:
         self._distances: list[npt.NDArray[np.float64]] = []
         self._ious: list[npt.NDArray[np.float64]] = []
+        self._labels: list[npt.NDArray[np.int64]] = []
+        self._areas: list[npt.NDArray[np.int64]] = []
 
     @property
     def num_objects(self) -> int:
@@ -382,10 +483,20 @@ class SpacePreference:
         """All collected IoUs ``[N]``."""
         return np.concatenate(self._ious) if self._ious else np.zeros(0)
 
+    @property
+    def labels(self) -> npt.NDArray[np.int64]:
+        """All collected object classes ``[N]``."""
+        return np.concatenate(self._labels) if self._labels else np.zeros(0, dtype=np.int64)
+
+    @property
+    def areas(self) -> npt.NDArray[np.int64]:
+        """All collected object areas in pixels ``[N]``."""
+        return np.concatenate(self._areas) if self._areas else np.zeros(0, dtype=np.int64)
+
     def reset(self) -> None:
         """Forget every object."""
-        self._distances.clear()
-        self._ious.clear()
+        for store in (self._distances, self._ious, self._labels, self._areas):
+            store.clear()
 
     def update(
         self,
@@ -404,8 +515,11 @@ class SpacePreference:
             ignore_mask: Optional ``[H, W]``, True where the ground truth is ignored.
         """
         ious = object_ious(pred, masks, labels, ignore_mask=ignore_mask)
-        self._distances.append(object_centroid_distances(masks))
+        binary = _instance_masks(masks)
+        self._distances.append(object_centroid_distances(binary))
         self._ious.append(ious)
+        self._labels.append(_to_numpy(labels).astype(np.int64).reshape(-1))
+        self._areas.append(binary.sum(axis=(1, 2)).astype(np.int64))
 
     def update_from_semantic(
         self,
@@ -442,6 +556,8 @@ class SpacePreference:
         """Append ``other``'s objects (in place) and return ``self``."""
         self._distances.extend(other._distances)
         self._ious.extend(other._ious)
+        self._labels.extend(other._labels)
+        self._areas.extend(other._areas)
         return self
 
     def compute(
@@ -452,7 +568,7 @@ class SpacePreference:
         min_objects_per_bin: int = 1,
         slope: SlopeMethod = "least_squares",
     ) -> SpacePreferenceResult:
-        """Score everything collected (arguments as in :func:`space_preference_score`)."""
+        """Score everything collected (arguments as in :func:`space_preference_score`), with the controlled slope."""
         return space_preference_score(
             self.distances,
             self.ious,
@@ -460,4 +576,6 @@ class SpacePreference:
             max_distance=max_distance,
             min_objects_per_bin=min_objects_per_bin,
             slope=slope,
+            labels=self.labels,
+            areas=self.areas,
         )
