@@ -22,6 +22,9 @@ interrupted run resumes, a finished one is reused. The variants:
 ``pgseg-q-half``          I-NPR + T-NPR, no HRS, half as many prototypes as groups (Table 5)
 ``pgseg-q-double``        I-NPR + T-NPR, no HRS, twice as many prototypes as groups (Table 5)
 ``pgseg-official-match``  PGSeg with the official code's minimising Hungarian call
+``pgseg-minmax``          PGSeg with the official code's min-max normalised hard rejection
+``groupvit-lr1e-4``       GroupViT, InfoNCE only, at the released config's learning rate 1e-4
+``pgseg-lr1e-4-minmax``   PGSeg at the released config's learning rate 1e-4 with min-max hard rejection
 ========================  ====================================================================================
 
 Each model is evaluated on the ``val`` split of worlds it never saw (``--eval-seeds``, ``--num-images`` each;
@@ -92,7 +95,12 @@ VARIANTS: dict[str, Callable[[], GroupViTRecipe]] = {
     ),
     "pgseg-q-double": lambda: _pgseg({"num_prototypes": tuple(2 * g for g in _groups())}, {"reject_threshold": None}),
     "pgseg-official-match": lambda: _pgseg(None, {"match": "min"}),
+    "pgseg-minmax": lambda: _pgseg(None, {"rejection": "minmax"}),
+    "groupvit-lr1e-4": GroupViTRecipe,
+    "pgseg-lr1e-4-minmax": lambda: _pgseg(None, {"rejection": "minmax"}),
 }
+# Variants with their own learning rate (the released PGSeg config's base_lr 1e-4); the others take ``--lr``.
+VARIANT_LR: dict[str, float] = {"groupvit-lr1e-4": 1e-4, "pgseg-lr1e-4-minmax": 1e-4}
 
 
 def _with_steps_and_seed(
@@ -148,7 +156,7 @@ def _continue_base(
 
 
 def _load(variant: str, folder: Path) -> GroupViT:
-    return load_groupvit(folder) if variant == "groupvit" else load_pgseg(folder)
+    return load_pgseg(folder) if isinstance(VARIANTS[variant](), PGSegRecipe) else load_groupvit(folder)
 
 
 def _mean_present(values: list[float | None]) -> float | None:
@@ -314,7 +322,7 @@ def main() -> None:
             if (run_dir / RESULT_FILE).is_file():
                 print(f"{key}: done before", flush=True)
                 continue
-            recipe = _with_steps_and_seed(VARIANTS[variant](), args.steps, seed, args.lr)
+            recipe = _with_steps_and_seed(VARIANTS[variant](), args.steps, seed, VARIANT_LR.get(variant, args.lr))
             recipe = _fine_tune(recipe, base_dir / "model", base_steps)
             started = time.time()
             run = train_groupvit(recipe, run_dir, resume=(run_dir / "checkpoints").is_dir(), log=print)
