@@ -2,7 +2,7 @@
 
     python tools/train_reference_reclip.py [--run runs/reclip-ref] [--seeds 0 1 2]
         [--variants reclip no-decoder no-decoder-x100 whole-image add] [--distill-seeds 0] [--eval-seeds 1000 1001 1002]
-        [--num-images 300] [--bundle]
+        [--num-images 300] [--bundle] [--rescore]
 
 Per training seed, every variant trains the rectification stage of :class:`seg_trainers.reclip.ReCLIPRecipe` on
 the unlabelled ``index`` images of world seed 0 with the bundled synthetic CLIP (frozen); ``reclip`` is then
@@ -21,9 +21,12 @@ Each model, and MaskCLIP on the same CLIP (the baseline: the Query logits ``M_q`
 split of worlds it never saw (``--eval-seeds``, ``--num-images`` each) under the ``synthetic`` preset: mIoU, thing and
 stuff mIoU, and the paper's two bias scores (Table VII, :mod:`seg_eval.metrics.bias`): class preference from the
 confusion matrix and space preference, the slope of object IoU against the distance of the object from the image
-centre (objects: the connected components of each ground-truth thing class). Also writes the hypotheses' precision and
-recall, and pictures of the bias: ``docs/images/reclip-bias.png`` (query, bias and rectified logits of one class on
-one image) and ``docs/images/reclip-space.svg`` (IoU against distance).
+centre (objects: the connected components of each ground-truth thing class), with the same objects' slope controlled
+for class and visible area (:func:`seg_eval.metrics.bias.controlled_space_slope`, our addition) and, for each model,
+95% intervals of both slopes' change against MaskCLIP from a paired bootstrap over the eval images (the per-object
+records are kept in ``<stage>-objects.npz``; ``--rescore`` re-scores finished models). Also writes the hypotheses'
+precision and recall, and pictures of the bias: ``docs/images/reclip-bias.png`` (query, bias and rectified logits of
+one class on one image) and ``docs/images/reclip-space.svg`` (IoU against distance).
 
 Writes ``RUN/<variant>-seed<S>/result.json`` after every model (two processes may share a RUN), then
 ``RUN/report.json`` and ``docs/methods/reclip-study.json``; with ``--bundle``, copies the distilled student of seed 0
@@ -46,11 +49,18 @@ from svgplot import line_plot
 
 from seg_core import Segmenter
 from seg_eval.evaluator import image_to_tensor
-from seg_eval.metrics.bias import SpacePreference, class_preference_score
+from seg_eval.metrics.bias import (
+    SpacePreference,
+    class_preference_score,
+    object_centroid_distances,
+    semantic_objects,
+    space_preference_score,
+)
 from seg_eval.metrics.confusion import ConfusionMatrix
 from seg_eval.presets import get_preset, preset_concepts
 from seg_eval.world import STUFF_NAMES, THING_NAMES, WorldConfig
 from seg_eval.world.benchmark import RenderedWorldBenchmark
+from seg_eval.world.classes import palette
 from seg_models.clip import ClipModel, load_clip
 from seg_models.maskclip import MaskCLIPSegmenter
 from seg_models.reclip import ReCLIPRectifier, ReCLIPSegmenter, load_reclip, load_reclip_student
@@ -61,6 +71,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "apps" / "seg-zoo" / "src" / "seg_zoo" / "bundled"
 STUDY = ROOT / "docs" / "methods" / "reclip-study.json"
 RESULT_FILE = "result.json"
+OBJECTS_FILE = "objects.npz"
 PRESET = "synthetic"
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -98,13 +109,64 @@ def _recipe(variant: str, seed: int, distill: bool, args: argparse.Namespace) ->
     )
 
 
-def _scores(segmenter: Segmenter, datasets: list[RenderedWorldBenchmark]) -> dict[str, Any]:
-    """mIoU, the bias scores and the IoU-distance curve over the eval worlds (pooled objects and pixels)."""
+BOOTSTRAP_SAMPLES = 1000
+
+
+def _space_scores(objects: dict[str, np.ndarray]) -> tuple[float, float]:
+    """The paper's slope and the controlled slope of a set of object records."""
+    result = space_preference_score(objects["distance"], objects["iou"], labels=objects["label"], areas=objects["area"])
+    assert result.controlled is not None
+    return result.score, result.controlled.slope
+
+
+def _space_readings(objects: Path) -> dict[str, float]:
+    """Two more readings of the same objects: the slope fitted to the objects themselves (not to bin means) and
+    the mean IoU of objects beyond half the half-diagonal over that of the objects within it."""
+    table = dict(np.load(objects))
+    keep = np.isfinite(table["iou"]) & np.isfinite(table["distance"])
+    distance, iou = table["distance"][keep], table["iou"][keep]
+    centred = distance - distance.mean()
+    near, far = iou[distance < 0.5], iou[distance >= 0.5]
+    return {
+        "space_per_object_slope": float(centred @ (iou - iou.mean()) / (centred @ centred)),
+        "space_far_near_ratio": float(far.mean() / near.mean()) if near.size and far.size else float("nan"),
+    }
+
+
+def _bootstrap_against(baseline: Path, objects: Path) -> dict[str, list[float]]:
+    """95% intervals of the change of both space slopes against the baseline (paired: the same eval images)."""
+    base, run = dict(np.load(baseline)), dict(np.load(objects))
+    images = np.unique(base["image"])
+    rows = {name: {i: np.flatnonzero(table["image"] == i) for i in images} for name, table in (("b", base), ("r", run))}
+    generator = np.random.default_rng(0)
+    changes = []
+    for _ in range(BOOTSTRAP_SAMPLES):
+        drawn = generator.choice(images, size=images.size)
+        pick = {name: np.concatenate([rows[name][i] for i in drawn]) for name in rows}
+        before = _space_scores({k: v[pick["b"]] for k, v in base.items()})
+        after = _space_scores({k: v[pick["r"]] for k, v in run.items()})
+        changes.append((after[0] - before[0], after[1] - before[1]))
+    table = np.asarray(changes)
+    low, high = np.nanpercentile(table, 2.5, axis=0), np.nanpercentile(table, 97.5, axis=0)
+    return {
+        "space_preference_change_ci95": [float(low[0]), float(high[0])],
+        "space_controlled_change_ci95": [float(low[1]), float(high[1])],
+    }
+
+
+def _scores(
+    segmenter: Segmenter, datasets: list[RenderedWorldBenchmark], objects: Path | None = None
+) -> dict[str, Any]:
+    """mIoU, the bias scores and the IoU-distance curve over the eval worlds (pooled objects and pixels).
+
+    With ``objects``, also writes every scored object (eval image, class, distance, area, IoU) there as ``.npz``.
+    """
     preset = get_preset(PRESET)
     per_world: list[dict[str, Any]] = []
     space = SpacePreference()
     class_scores: list[float] = []
-    for dataset in datasets:
+    image_of_object: list[np.ndarray] = []
+    for world, dataset in enumerate(datasets):
         names = tuple(dataset.class_names)
         concepts = preset_concepts(preset, names)
         confusion = ConfusionMatrix(len(names), ignore_index=dataset.ignore_index)
@@ -114,9 +176,11 @@ def _scores(segmenter: Segmenter, datasets: list[RenderedWorldBenchmark]) -> dic
                 sample = dataset[index]
                 labels = segmenter.segment(image_to_tensor(sample.image), concepts).labels[0].cpu().numpy()
                 confusion.update(labels, sample.label)
+                before = space.num_objects
                 space.update_from_semantic(
                     labels, sample.label, ignore_index=dataset.ignore_index, exclude_classes=stuff
                 )
+                image_of_object.append(np.full(space.num_objects - before, world * 100_000 + index))
         metrics = confusion.compute(names)
         class_scores.append(class_preference_score(confusion).score)
         per_world.append(
@@ -133,22 +197,50 @@ def _scores(segmenter: Segmenter, datasets: list[RenderedWorldBenchmark]) -> dic
         for key in ("mIoU", "thing_mIoU", "stuff_mIoU", "class_preference")
     }
     scores["space_preference"] = result.score
+    assert result.controlled is not None
+    scores["space_controlled"] = result.controlled.slope
+    scores["space_area_coefficient"] = result.controlled.area_coefficient
+    scores["space_objects"] = space.num_objects
     scores["space_curve"] = [
         [float(x), float(y)] for x, y in zip(result.bin_centres, result.bin_iou, strict=True) if np.isfinite(y)
     ]
     scores["per_world_mIoU"] = [world["mIoU"] for world in per_world]
+    if objects is not None:
+        np.savez_compressed(
+            objects,
+            image=np.concatenate(image_of_object),
+            label=space.labels,
+            distance=space.distances,
+            area=space.areas,
+            iou=space.ious,
+        )
     return scores
 
 
 def _baseline(run: Path, clip: ClipModel, datasets: list[RenderedWorldBenchmark]) -> dict[str, Any]:
     path = run / "maskclip" / RESULT_FILE
-    if not path.is_file():
+    if not path.is_file() or not (run / "maskclip" / OBJECTS_FILE).is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        scores = _scores(MaskCLIPSegmenter(clip, get_preset(PRESET)), datasets)
+        scores = _scores(MaskCLIPSegmenter(clip, get_preset(PRESET)), datasets, run / "maskclip" / OBJECTS_FILE)
         path.write_text(json.dumps({"variant": "maskclip", "scores": scores}, indent=2) + "\n")
         print(f"maskclip: mIoU {scores['mIoU']:.3f}", flush=True)
     loaded: dict[str, Any] = json.loads(path.read_text())
     return loaded
+
+
+def _rescore(run_dir: Path, result: dict[str, Any], datasets: list[RenderedWorldBenchmark]) -> bool:
+    """Score a finished model again (this script's current scores, with per-object records); False if up to date."""
+    done = False
+    for stage, folder in (("rectified", "rectifier"), ("distilled", "model")):
+        objects = run_dir / f"{stage}-{OBJECTS_FILE}"
+        if stage not in result or objects.is_file():
+            continue
+        model = (
+            load_reclip(run_dir / folder, _clip()) if stage == "rectified" else load_reclip_student(run_dir / folder)
+        )
+        result[stage] = _scores(ReCLIPSegmenter(model, get_preset(PRESET)), datasets, objects)
+        done = True
+    return done
 
 
 def _bias_picture(rectifier: ReCLIPRectifier, dataset: RenderedWorldBenchmark, target: Path) -> None:
@@ -182,6 +274,63 @@ def _bias_picture(rectifier: ReCLIPRectifier, dataset: RenderedWorldBenchmark, t
     print(f"bias picture ({names[cls]}): image | query | bias | rectified -> {target}", flush=True)
 
 
+def _space_examples(
+    segmenters: dict[str, Segmenter], dataset: RenderedWorldBenchmark, target: Path, count: int = 4
+) -> None:
+    """Image, ground truth and each segmenter's labels for the first ``count`` eval images with an off-centre thing.
+
+    "Off-centre": a ground-truth thing whose centroid is more than 0.6 half-diagonals from the image centre (the
+    distances where the space-preference curve falls). The images are the first such ones, not chosen by result.
+    """
+    from PIL import Image
+
+    names = tuple(dataset.class_names)
+    stuff = [names.index(name) for name in STUFF_NAMES]
+    concepts = preset_concepts(get_preset(PRESET), names)
+    colors = np.frombuffer(palette(), dtype=np.uint8).reshape(256, 3)
+    rows: list[list[np.ndarray]] = []
+    shown_labels: list[np.ndarray] = []
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        masks, _ = semantic_objects(sample.label, ignore_index=dataset.ignore_index, exclude_classes=stuff)
+        if not masks.size or object_centroid_distances(masks).max() <= 0.6:
+            continue
+        row = [sample.image, colors[sample.label]]
+        shown_labels.append(sample.label)
+        with torch.inference_mode():
+            for segmenter in segmenters.values():
+                labels = segmenter.segment(image_to_tensor(sample.image), concepts).labels[0].cpu().numpy()
+                row.append(colors[labels.astype(np.uint8)])
+                shown_labels.append(labels)
+        rows.append(row)
+        if len(rows) == count:
+            break
+    from PIL import ImageDraw
+
+    scale, gap, header, line = 3, 6, 18, 16
+    side = rows[0][0].shape[0] * scale
+    columns = len(rows[0])
+    shown = sorted({int(c) for labels in shown_labels for c in np.unique(labels) if int(c) < len(names)})
+    per_line = max(1, (columns * (side + gap)) // 110)
+    legend_height = line * -(-len(shown) // per_line) + 6
+    width = columns * side + (columns - 1) * gap
+    canvas = Image.new("RGB", (width, header + len(rows) * (side + gap) + legend_height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, title in enumerate(("image", "ground truth", *segmenters)):
+        draw.text((c * (side + gap) + 2, 3), title, fill=(20, 20, 20))
+    for r, row in enumerate(rows):
+        for c, tile in enumerate(row):
+            picture = Image.fromarray(np.ascontiguousarray(tile)).resize((side, side), Image.Resampling.NEAREST)
+            canvas.paste(picture, (c * (side + gap), header + r * (side + gap)))
+    top = header + len(rows) * (side + gap)
+    for i, cls in enumerate(shown):
+        x, y = (i % per_line) * 110 + 2, top + (i // per_line) * line + 2
+        draw.rectangle((x, y + 2, x + 10, y + 12), fill=tuple(int(v) for v in colors[cls]))
+        draw.text((x + 14, y), names[cls], fill=(20, 20, 20))
+    canvas.save(target)
+    print(f"space examples: image | ground truth | {' | '.join(segmenters)} -> {target}", flush=True)
+
+
 def _summary(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for result in runs.values():
@@ -191,8 +340,10 @@ def _summary(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     table: dict[str, dict[str, float]] = {}
     for key, results in sorted(groups.items()):
         row: dict[str, float] = {"seeds": float(len(results))}
-        for metric in ("mIoU", "thing_mIoU", "stuff_mIoU", "class_preference", "space_preference"):
-            values = [r[metric] for r in results]
+        for metric in ("mIoU", "thing_mIoU", "stuff_mIoU", "class_preference", "space_preference", "space_controlled"):
+            values = [r[metric] for r in results if metric in r]
+            if not values:
+                continue
             row[f"{metric}_mean"] = statistics.fmean(values)
             row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         table[key] = row
@@ -208,6 +359,9 @@ def main() -> None:
     parser.add_argument("--eval-seeds", type=int, nargs="+", default=[1000, 1001, 1002])
     parser.add_argument("--num-images", type=int, default=300)
     parser.add_argument("--bundle", action="store_true", help="bundle the distilled student of seed 0 into seg-zoo")
+    parser.add_argument(
+        "--rescore", action="store_true", help="score finished models again (models without per-object records)"
+    )
     parser.add_argument("--num-train-images", type=int, default=None, help="override the recipe's (smoke tests)")
     parser.add_argument("--rectify-steps", type=int, default=None, help="override the recipe's (smoke tests)")
     parser.add_argument("--distill-steps", type=int, default=None, help="override the recipe's (smoke tests)")
@@ -225,7 +379,11 @@ def main() -> None:
             path = run_dir / RESULT_FILE
             result: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
             if result and ("distilled" in result or not distill):
-                print(f"{key}: done before", flush=True)
+                if args.rescore and _rescore(run_dir, result, datasets):
+                    path.write_text(json.dumps(result, indent=2) + "\n")
+                    print(f"{key}: re-scored", flush=True)
+                else:
+                    print(f"{key}: done before", flush=True)
                 continue
             recipe = _recipe(variant, seed, distill, args)
             started = time.time()
@@ -239,7 +397,9 @@ def main() -> None:
                     "variant": variant,
                     "seed": seed,
                     "hypotheses": run.hypotheses,
-                    "rectified": _scores(ReCLIPSegmenter(rectifier, get_preset(PRESET)), datasets),
+                    "rectified": _scores(
+                        ReCLIPSegmenter(rectifier, get_preset(PRESET)), datasets, run_dir / f"rectified-{OBJECTS_FILE}"
+                    ),
                 }
                 if variant == "reclip" and seed == 0:
                     _bias_picture(rectifier, datasets[0], ROOT / "docs" / "images" / "reclip-bias.png")
@@ -247,14 +407,31 @@ def main() -> None:
             if distill:
                 assert run.model_dir is not None
                 student = load_reclip_student(run.model_dir)
-                result["distilled"] = _scores(ReCLIPSegmenter(student, get_preset(PRESET)), datasets)
+                result["distilled"] = _scores(
+                    ReCLIPSegmenter(student, get_preset(PRESET)), datasets, run_dir / f"distilled-{OBJECTS_FILE}"
+                )
             path.write_text(json.dumps(result, indent=2) + "\n")
             stages = ", ".join(f"{s} {result[s]['mIoU']:.3f}" for s in ("rectified", "distilled") if s in result)
             print(f"{key}: mIoU {stages} in {seconds:.0f} s", flush=True)
     runs = {p.parent.name: json.loads(p.read_text()) for p in sorted(args.run.glob(f"*-seed*/{RESULT_FILE}"))}
+    for key, result in runs.items():
+        for stage in ("rectified", "distilled"):
+            objects = args.run / key / f"{stage}-{OBJECTS_FILE}"
+            if stage in result and objects.is_file():
+                result[stage] |= _bootstrap_against(args.run / "maskclip" / OBJECTS_FILE, objects)
+                result[stage] |= _space_readings(objects)
+    baseline["scores"] |= _space_readings(args.run / "maskclip" / OBJECTS_FILE)
     report = {"eval": eval_info, "maskclip": baseline["scores"], "runs": runs, "summary": _summary(runs)}
     (args.run / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     STUDY.write_text(json.dumps(report, indent=2) + "\n")
+    if (args.run / "reclip-seed0" / "rectifier").is_dir():
+        segmenters: dict[str, Segmenter] = {
+            "MaskCLIP": MaskCLIPSegmenter(clip, get_preset(PRESET)),
+            "ReCLIP++ rectified": ReCLIPSegmenter(
+                load_reclip(args.run / "reclip-seed0" / "rectifier", _clip()), get_preset(PRESET)
+            ),
+        }
+        _space_examples(segmenters, datasets[0], ROOT / "docs" / "images" / "reclip-space-examples.png")
     curves = {"MaskCLIP": [tuple(p) for p in baseline["scores"]["space_curve"]]}
     for stage in ("rectified", "distilled"):
         if "reclip-seed0" in runs and stage in runs["reclip-seed0"]:
@@ -281,12 +458,13 @@ def main() -> None:
     base = baseline["scores"]
     print(
         f"{'maskclip':28s} mIoU {base['mIoU']:.3f}  class-pref {base['class_preference']:.3f}"
-        f"  space-pref {base['space_preference']:.3f}"
+        f"  space-pref {base['space_preference']:.3f}  controlled {base['space_controlled']:.3f}"
     )
     for key, row in report["summary"].items():
         print(
             f"{key:28s} mIoU {row['mIoU_mean']:.3f} +- {row['mIoU_std']:.3f}  class-pref "
-            f"{row['class_preference_mean']:.3f}  space-pref {row['space_preference_mean']:.3f}  ({row['seeds']:.0f})"
+            f"{row['class_preference_mean']:.3f}  space-pref {row['space_preference_mean']:.3f}  controlled "
+            f"{row.get('space_controlled_mean', float('nan')):.3f}  ({row['seeds']:.0f})"
         )
 
 
