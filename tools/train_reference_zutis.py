@@ -14,7 +14,12 @@ Stages (each skipped when its output exists, so an interrupted run resumes):
    ``zutis``        the default :class:`~seg_trainers.zutis.ZUTISRecipe`
    ``no-stopgrad``  the mask loss also trains the encoder (paper Tables 1-2)
    ``unseen``       archives only for the seen things; the unseen group (``unseen_class_names()``) is never
-                    retrieved, pseudo-labelled or trained on (the zero-shot transfer experiment)
+                    retrieved, pseudo-labelled or trained on (the zero-shot transfer experiment), but unseen things
+                    still stand in the backgrounds of the seen things' archive images
+   ``unseen-held-   the same with the unseen things held out of the collection itself (world 0 with
+   out``            ``held_out``; archives and pseudo-masks in ``RUN/shared-held-out``): no training image shows
+                    an unseen thing, the protocol of zero-shot instance segmentation (Zheng et al., CVPR 2021)
+                    that the paper's Table 7 follows
    ===============  ===================================================================================
 
 3. evaluation on the ``val`` split of worlds never trained or tuned on (``--eval-seeds``, ``--num-images`` each)
@@ -68,24 +73,27 @@ def _recipe(variant: str, steps: int, seed: int) -> ZUTISRecipe:
     updates: dict[str, Any] = {"train": train}
     if variant == "no-stopgrad":
         updates["model"] = recipe.model.model_copy(update={"stop_gradient": False})
-    elif variant == "unseen":
+    elif variant in ("unseen", "unseen-held-out"):
         unseen = set(unseen_class_names())
         updates["concepts"] = tuple(name for name in THING_NAMES if name not in unseen)
+        if variant == "unseen-held-out":
+            updates["world"] = recipe.world.model_copy(update={"held_out": unseen_class_names()})
     elif variant != "zutis":
-        raise SystemExit(f"unknown variant {variant!r}; choose zutis, no-stopgrad or unseen")
+        raise SystemExit(f"unknown variant {variant!r}; choose zutis, no-stopgrad, unseen or unseen-held-out")
     return recipe.model_copy(update=updates)
 
 
-def _shared(run: Path, clip: ClipModel) -> PseudoMasks:
-    """Archives and pseudo-masks of every thing, built once."""
-    shared = run / "shared"
-    recipe = ZUTISRecipe()
+def _shared(run: Path, clip: ClipModel, recipe: ZUTISRecipe | None = None, folder: str = "shared") -> PseudoMasks:
+    """Archives and pseudo-masks of the recipe's concepts in its world (default: every thing in world 0), built once."""
+    shared = run / folder
+    recipe = recipe or ZUTISRecipe()
+    names = recipe.concept_names()
     if not (shared / "pseudo_masks.npz").is_file():
         retrieved = retrieve_world_archive(
             clip,
             recipe.world,
             recipe.collection_size,
-            THING_NAMES,
+            names,
             shared,
             k=recipe.k,
             clip_source=f"bundled:{REFERENCE_CLIP}",
@@ -93,7 +101,7 @@ def _shared(run: Path, clip: ClipModel) -> PseudoMasks:
         )
         start = time.perf_counter()
         pseudo = build_pseudo_masks(
-            clip, retrieved.collection, {n: retrieved.archive[n].image_ids for n in THING_NAMES}, recipe.saliency
+            clip, retrieved.collection, {n: retrieved.archive[n].image_ids for n in names}, recipe.saliency
         )
         pseudo.save(shared / "pseudo_masks.npz")
         (shared / "saliency.json").write_text(json.dumps(pseudo.iou, indent=2) + "\n")
@@ -297,7 +305,11 @@ def main() -> None:
             if result_path.is_file():
                 continue
             recipe = _recipe(variant, args.steps, seed)
-            _prepare(run_dir, run / "shared", pseudo, recipe.concept_names())
+            if variant == "unseen-held-out":  # its own collection: world 0 without the unseen things
+                held_out = _shared(run, clip, recipe, "shared-held-out")
+                _prepare(run_dir, run / "shared-held-out", held_out, recipe.concept_names())
+            else:
+                _prepare(run_dir, run / "shared", pseudo, recipe.concept_names())
             start = time.perf_counter()
             trained = train_zutis(
                 recipe, clip, run_dir, clip_source=f"bundled:{REFERENCE_CLIP}", resume=True, log=print
@@ -322,11 +334,12 @@ def main() -> None:
         result = json.loads(path.read_text())
         if "zsi" in result:
             continue
+        scored: Segmenter
         if path.parent.name == "maskclip":
-            segmenter: Segmenter = ComponentInstances(MaskCLIPSegmenter(clip, get_preset(PRESET)))
+            scored = ComponentInstances(MaskCLIPSegmenter(clip, get_preset(PRESET)))
         else:
-            segmenter = load_zutis(path.parent / "model", clip, get_preset(PRESET))
-        result["zsi"] = _zsi_scores(segmenter, args.eval_seeds, args.num_images)
+            scored = load_zutis(path.parent / "model", clip, get_preset(PRESET))
+        result["zsi"] = _zsi_scores(scored, args.eval_seeds, args.num_images)
         path.write_text(json.dumps(result, indent=2) + "\n")
 
     runs = {
