@@ -1,6 +1,6 @@
 """Measure the reference synthetic CLIP the way the pre-project world study 2 measured its checkpoints.
 
-    python tools/compare_study2.py [--world-seed 1000] [--num-images 500]
+    python tools/compare_study2.py [--world-seed 1000] [--num-images 500] [--model DIR --out FILE]
 
 Study 2 (``shared/docs/reference/synthetic-world-study.md``) trained a CLIP of the same size on a world of 8 things
 and 5 stuff and reported MaskCLIP mIoU / stuff / thing over 13 classes on 500 ``val`` images (its recommended
@@ -10,7 +10,7 @@ numbers are not comparable. This script renders images of the project's world th
 and snow, are ignored), and segments them with the bundled reference CLIP's MaskCLIP among those 13 classes
 (``synthetic`` preset: 85 templates; study 2 used one template and found the wording moved mIoU by at most .05).
 The images come from the ``pairs`` split of a world seed training never used (held-out classes apply to ``index``
-and ``pairs``). Writes ``docs/study2-comparison.json``.
+and ``pairs``). Writes ``docs/study2-comparison.json`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--world-seed", type=int, default=1000)
     parser.add_argument("--num-images", type=int, default=500)
+    parser.add_argument("--model", type=Path, default=None, help="a local-dir: CLIP folder (default: the bundled one)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "study2-comparison.json")
     args = parser.parse_args()
     from seg_eval.world import THING_NAMES
 
@@ -54,7 +56,8 @@ def main() -> None:
     names = STUDY2_STUFF + STUDY2_THINGS
     lut = label_lookup(names, others="ignore")
     preset = get_preset("synthetic")
-    segmenter = MaskCLIPSegmenter(load_clip(f"local-dir:{bundled_model_dir(REFERENCE_CLIP)}"), preset)
+    model = args.model or bundled_model_dir(REFERENCE_CLIP)
+    segmenter = MaskCLIPSegmenter(load_clip(f"local-dir:{model}"), preset)
     concepts = preset_concepts(preset, names)
     confusion = ConfusionMatrix(len(names), ignore_index=IGNORE_LABEL)
     with torch.inference_mode():
@@ -72,10 +75,11 @@ def main() -> None:
     report = {
         "world": {"seed": args.world_seed, "split": "pairs", "held_out": list(held_out), "num_images": args.num_images},
         "classes": list(names),
+        "model": str(model) if args.model else f"bundled:{REFERENCE_CLIP}",
         "reference_clip": ours | {"per_class_iou": per_class},
         "study2": STUDY2_REPORTED,
     }
-    (ROOT / "docs" / "study2-comparison.json").write_text(json.dumps(report, indent=2) + "\n")
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(
         f"reference CLIP on study 2's classes: mIoU {ours['mIoU']:.3f} stuff {ours['stuff_mIoU']:.3f} "
         f"thing {ours['thing_mIoU']:.3f}  (study 2 run B: .342 / .670 / .137)"
