@@ -168,7 +168,9 @@ def test_on_disk_index_and_memory_budget(pipeline: Pipeline, tmp_path: Path, run
                      "hnsw")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "pq_m=4x2, HNSW coarse quantiser" in " ".join(result.stdout.split())
-    assert EmbeddingIndex.load(tmp_path / "hnsw").config.coarse_quantizer == "hnsw"
+    coarse = EmbeddingIndex.load(tmp_path / "hnsw")
+    assert coarse.config.coarse_quantizer == "hnsw"
+    assert coarse.config.ef_search == 16  # no --ef-search: the coarse graph's default, not an HNSW index's 128
     config = IndexConfig(kind="ivf_pq", nlist=2, nprobe=2, pq_m=4, pq_bits=2, device="cpu")
     in_memory = build_index(EmbeddingStore.open(pipeline.store), config)
     queries = in_memory.vectors(["img1.png", "more/alpha.png"])

@@ -283,8 +283,13 @@ def test_an_hnsw_coarse_quantizer_finds_the_same_lists(tmp_path: Path, small_blo
     built = build_index(rows, hnsw)
     quantizer = faiss.downcast_index(faiss.extract_index_ivf(built.faiss_index).quantizer)
     assert isinstance(quantizer, faiss.IndexHNSWFlat)
-    assert quantizer.hnsw.efSearch == hnsw.ef_search
-    # 16 centroids and ef_search 128: the graph search is exact, so the lists, and the results, are the flat ones
+    # ef_search left unset: the coarse graph gets 16, not the 128 of an HNSW index
+    assert hnsw.ef_search is None
+    assert quantizer.hnsw.efSearch == hnsw.search_breadth == 16
+    assert built.config.ef_search == 16
+    assert IndexConfig(kind="hnsw").search_breadth == 128
+    assert hnsw.model_copy(update={"ef_search": 40}).search_breadth == 40
+    # 16 centroids and ef_search 16: the graph search is exact, so the lists, and the results, are the flat ones
     expected = build_index(rows, PQ).search(queries, 10)
     assert built.search(queries, 10)[1] == expected[1]
     on_disk = build_index(rows, hnsw.model_copy(update={"on_disk": True}), directory=tmp_path / "disk")

@@ -309,7 +309,14 @@ def index(
         typer.Option("--pq-bits", callback=_optional_at_least(1), help="IVF-PQ bits per code [default: 8]."),
     ] = None,
     hnsw_m: Annotated[int, typer.Option("--hnsw-m", callback=at_least(2), help="HNSW neighbours per node.")] = 32,
-    ef_search: Annotated[int, typer.Option("--ef-search", callback=at_least(1), help="HNSW search breadth.")] = 128,
+    ef_search: Annotated[
+        int | None,
+        typer.Option(
+            "--ef-search",
+            callback=_optional_at_least(1),
+            help="HNSW search breadth [default: 128; 16 for the graph of --coarse hnsw].",
+        ),
+    ] = None,
     ef_construction: Annotated[
         int, typer.Option("--ef-construction", callback=at_least(1), help="HNSW build breadth.")
     ] = 200,

@@ -115,7 +115,9 @@ class IndexConfig(SegModel):
         pq_bits: Bits per sub-quantiser code (``2 ** pq_bits`` centroids each).
         hnsw_m: HNSW neighbours per node (of the index, or of an HNSW coarse quantiser).
         ef_search: HNSW candidate-list size at search (faiss uses at least ``k``); for an IVF index with an HNSW
-            coarse quantiser (``IVF..._HNSW32``), the quantiser's.
+            coarse quantiser (``IVF..._HNSW32``), the quantiser's. ``None``: :attr:`search_breadth`'s default, 128
+            for an HNSW index and 16 for an HNSW coarse quantiser (the graph beats the exhaustive comparison only at
+            a small breadth; faiss raises it to ``nprobe`` at search).
         ef_construction: HNSW candidate-list size at build.
         train_size: Vectors sampled to train IVF (and PQ); ``None``: ``min(N, max(64·nlist, 2 ** pq_bits · 39))``.
         seed: Seed of the training sample and the k-means initialisation.
@@ -141,7 +143,7 @@ class IndexConfig(SegModel):
     pq_m: PositiveInt = 64
     pq_bits: int = Field(default=8, ge=1, le=16)
     hnsw_m: int = Field(default=32, ge=2)
-    ef_search: PositiveInt = 128
+    ef_search: PositiveInt | None = None
     ef_construction: PositiveInt = 200
     train_size: PositiveInt | None = None
     seed: int = 0
@@ -188,6 +190,14 @@ class IndexConfig(SegModel):
     def is_ivf(self) -> bool:
         """Whether the index is an inverted file (needs training)."""
         return self.kind in {"ivf_flat", "ivf_pq"}
+
+    @property
+    def search_breadth(self) -> int:
+        """``ef_search``, or its default for the graph it sets: 16 for an IVF index's HNSW coarse quantiser, else
+        128."""
+        if self.ef_search is not None:
+            return self.ef_search
+        return 16 if self.is_ivf and self.coarse_quantizer == "hnsw" else 128
 
 
 class IndexManifest(SegModel):
@@ -629,7 +639,7 @@ def _empty_index(config: IndexConfig, dim: int) -> Any:
         if config.coarse_quantizer == "hnsw":
             quantizer: Any = faiss.downcast_index(ivf.quantizer)
             quantizer.hnsw.efConstruction = config.ef_construction
-            quantizer.hnsw.efSearch = config.ef_search
+            quantizer.hnsw.efSearch = config.search_breadth
     return index
 
 
@@ -1028,7 +1038,7 @@ class EmbeddingIndex:
         self._gpu_resources = gpu_resources  # must outlive the GPU index
         self._positions: dict[str, int] | None = None
         self._direct_map_ready = False
-        self.set_search_params(nprobe=config.nprobe, ef_search=config.ef_search)
+        self.set_search_params(nprobe=config.nprobe, ef_search=config.search_breadth)
 
     def __len__(self) -> int:
         return len(self._ids)
