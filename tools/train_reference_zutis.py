@@ -2,6 +2,7 @@
 
     python tools/train_reference_zutis.py [--run runs/zutis-ref] [--seeds 0 1 2] [--variants zutis no-stopgrad unseen]
         [--steps 1000] [--eval-seeds 1000 1001 1002] [--num-images 300] [--threads 1] [--bundle]
+        [--study docs/methods/zutis-study.json]
 
 Stages (each skipped when its output exists, so an interrupted run resumes):
 
@@ -281,6 +282,12 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--bundle", action="store_true")
+    parser.add_argument(
+        "--study",
+        type=Path,
+        default=ROOT / "docs" / "methods" / "zutis-study.json",
+        help="where the summary goes (a side study, e.g. another --steps, writes its own file)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     run: Path = args.run
@@ -361,7 +368,7 @@ def main() -> None:
         "maskclip": {k: v for k, v in report["maskclip"].items() if k != "per_world"},
         "maskclip_zsi": {k: v for k, v in report["maskclip_zsi"].items() if k != "per_world"},
     }
-    (ROOT / "docs" / "methods" / "zutis-study.json").write_text(json.dumps(study, indent=2) + "\n")
+    args.study.write_text(json.dumps(study, indent=2) + "\n")
     print(json.dumps(report["summary"], indent=2))
     if args.bundle:
         source = run / "zutis-seed0" / "model"
