@@ -168,7 +168,7 @@ def _mean_present(values: list[float | None]) -> float | None:
 def _scores(model: GroupViT, datasets: list[RenderedWorldBenchmark], name: str) -> dict[str, Any]:
     preset = get_preset("synthetic").model_copy(update={"normalization": model.config.normalization})
     segmenter = GroupViTSegmenter(model, preset)
-    per_world = []
+    per_world: list[dict[str, Any]] = []
     for dataset in datasets:
         metrics = evaluate(segmenter, dataset, preset=preset, method=name, model=name, dataset_name="synthetic").metrics
         per_world.append(

@@ -282,7 +282,7 @@ def _space_examples(
     "Off-centre": a ground-truth thing whose centroid is more than 0.6 half-diagonals from the image centre (the
     distances where the space-preference curve falls). The images are the first such ones, not chosen by result.
     """
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
     names = tuple(dataset.class_names)
     stuff = [names.index(name) for name in STUFF_NAMES]
@@ -305,8 +305,9 @@ def _space_examples(
         rows.append(row)
         if len(rows) == count:
             break
-    from PIL import ImageDraw
-
+    if not rows:
+        print(f"space examples: no eval image with a thing past 0.6 half-diagonals; {target} not written", flush=True)
+        return
     scale, gap, header, line = 3, 6, 18, 16
     side = rows[0][0].shape[0] * scale
     columns = len(rows[0])
