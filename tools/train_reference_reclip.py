@@ -133,6 +133,23 @@ def _space_readings(objects: Path) -> dict[str, float]:
     }
 
 
+def _bootstrap_interval(objects: Path) -> dict[str, list[float]]:
+    """95% intervals of one model's own space slopes (the paper's and the controlled one) over the eval images."""
+    table = dict(np.load(objects))
+    images = np.unique(table["image"])
+    rows = {i: np.flatnonzero(table["image"] == i) for i in images}
+    generator = np.random.default_rng(0)
+    draws = []
+    for _ in range(BOOTSTRAP_SAMPLES):
+        pick = np.concatenate([rows[i] for i in generator.choice(images, size=images.size)])
+        draws.append(_space_scores({k: v[pick] for k, v in table.items()}))
+    low, high = np.nanpercentile(draws, 2.5, axis=0), np.nanpercentile(draws, 97.5, axis=0)
+    return {
+        "space_preference_ci95": [float(low[0]), float(high[0])],
+        "space_controlled_ci95": [float(low[1]), float(high[1])],
+    }
+
+
 def _bootstrap_against(baseline: Path, objects: Path) -> dict[str, list[float]]:
     """95% intervals of the change of both space slopes against the baseline (paired: the same eval images)."""
     base, run = dict(np.load(baseline)), dict(np.load(objects))
@@ -422,6 +439,7 @@ def main() -> None:
                 result[stage] |= _bootstrap_against(args.run / "maskclip" / OBJECTS_FILE, objects)
                 result[stage] |= _space_readings(objects)
     baseline["scores"] |= _space_readings(args.run / "maskclip" / OBJECTS_FILE)
+    baseline["scores"] |= _bootstrap_interval(args.run / "maskclip" / OBJECTS_FILE)
     report = {"eval": eval_info, "maskclip": baseline["scores"], "runs": runs, "summary": _summary(runs)}
     (args.run / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     STUDY.write_text(json.dumps(report, indent=2) + "\n")
