@@ -66,14 +66,26 @@ def _version_file(pyproject: Path) -> Path:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    """The release metadata of every distribution of this repository, copied into a fresh root."""
+    """The release metadata of every distribution of this repository, copied into a fresh root, with every
+    ``## Unreleased`` section emptied (the state right after a release), so the tests do not depend on which
+    changes are pending in the real changelogs."""
     root = tmp_path / "repo"
     for pyproject in [*REPO.glob("packages/*/pyproject.toml"), *REPO.glob("apps/*/pyproject.toml")]:
         for source in (pyproject, pyproject.parent / "CHANGELOG.md", _version_file(pyproject)):
             target = root / source.relative_to(REPO)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
+        changelog = root / (pyproject.parent / "CHANGELOG.md").relative_to(REPO)
+        changelog.write_text(_without_unreleased_entries(changelog.read_text(encoding="utf-8")), encoding="utf-8")
     return root
+
+
+def _without_unreleased_entries(text: str) -> str:
+    """``text`` with nothing between ``## Unreleased`` and the next ``## `` heading (or the end)."""
+    start = text.index("## Unreleased\n") + len("## Unreleased\n")
+    following = text.find("\n## ", start)
+    rest = text[following + 1 :] if following != -1 else ""
+    return text[:start] + ("\n" + rest if rest else "")
 
 
 def folder(root: Path, dist: str) -> Path:
