@@ -24,7 +24,7 @@ import torch
 from seg_eval.evaluator import image_to_tensor
 from seg_eval.metrics.confusion import ConfusionMatrix
 from seg_eval.presets import get_preset, preset_concepts
-from seg_eval.world import WorldConfig
+from seg_eval.world import THING_NAMES, WorldConfig
 from seg_eval.world.classes import IGNORE_LABEL, label_lookup
 from seg_eval.world.scene import render
 from seg_models.clip import load_clip
@@ -49,8 +49,6 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="a local-dir: CLIP folder (default: the bundled one)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "study2-comparison.json")
     args = parser.parse_args()
-    from seg_eval.world import THING_NAMES
-
     held_out = tuple(name for name in THING_NAMES if name not in STUDY2_THINGS)
     world = WorldConfig(seed=args.world_seed, held_out=held_out)
     names = STUDY2_STUFF + STUDY2_THINGS

@@ -133,41 +133,28 @@ def _space_readings(objects: Path) -> dict[str, float]:
     }
 
 
-def _bootstrap_interval(objects: Path) -> dict[str, list[float]]:
-    """95% intervals of one model's own space slopes (the paper's and the controlled one) over the eval images."""
-    table = dict(np.load(objects))
-    images = np.unique(table["image"])
-    rows = {i: np.flatnonzero(table["image"] == i) for i in images}
+def _bootstrap_draws(*objects: Path) -> list[np.ndarray]:
+    """Both space slopes (the paper's, the controlled one) of each records file over ``BOOTSTRAP_SAMPLES``
+    resamples of the eval images: ``[samples, 2]`` per file, every file resampled by the same draws (paired)."""
+    tables = [dict(np.load(path)) for path in objects]
+    images = np.unique(tables[0]["image"])
+    rows = [{i: np.flatnonzero(table["image"] == i) for i in images} for table in tables]
     generator = np.random.default_rng(0)
-    draws = []
-    for _ in range(BOOTSTRAP_SAMPLES):
-        pick = np.concatenate([rows[i] for i in generator.choice(images, size=images.size)])
-        draws.append(_space_scores({k: v[pick] for k, v in table.items()}))
-    low, high = np.nanpercentile(draws, 2.5, axis=0), np.nanpercentile(draws, 97.5, axis=0)
-    return {
-        "space_preference_ci95": [float(low[0]), float(high[0])],
-        "space_controlled_ci95": [float(low[1]), float(high[1])],
-    }
-
-
-def _bootstrap_against(baseline: Path, objects: Path) -> dict[str, list[float]]:
-    """95% intervals of the change of both space slopes against the baseline (paired: the same eval images)."""
-    base, run = dict(np.load(baseline)), dict(np.load(objects))
-    images = np.unique(base["image"])
-    rows = {name: {i: np.flatnonzero(table["image"] == i) for i in images} for name, table in (("b", base), ("r", run))}
-    generator = np.random.default_rng(0)
-    changes = []
+    draws: list[list[tuple[float, float]]] = [[] for _ in tables]
     for _ in range(BOOTSTRAP_SAMPLES):
         drawn = generator.choice(images, size=images.size)
-        pick = {name: np.concatenate([rows[name][i] for i in drawn]) for name in rows}
-        before = _space_scores({k: v[pick["b"]] for k, v in base.items()})
-        after = _space_scores({k: v[pick["r"]] for k, v in run.items()})
-        changes.append((after[0] - before[0], after[1] - before[1]))
-    table = np.asarray(changes)
-    low, high = np.nanpercentile(table, 2.5, axis=0), np.nanpercentile(table, 97.5, axis=0)
+        for table, index, out in zip(tables, rows, draws, strict=True):
+            pick = np.concatenate([index[i] for i in drawn])
+            out.append(_space_scores({k: v[pick] for k, v in table.items()}))
+    return [np.asarray(values) for values in draws]
+
+
+def _interval(draws: np.ndarray, name: str) -> dict[str, list[float]]:
+    """95% percentile intervals of the two slopes in ``draws`` (``[samples, 2]``)."""
+    low, high = np.nanpercentile(draws, 2.5, axis=0), np.nanpercentile(draws, 97.5, axis=0)
     return {
-        "space_preference_change_ci95": [float(low[0]), float(high[0])],
-        "space_controlled_change_ci95": [float(low[1]), float(high[1])],
+        f"space_preference{name}_ci95": [float(low[0]), float(high[0])],
+        f"space_controlled{name}_ci95": [float(low[1]), float(high[1])],
     }
 
 
@@ -436,10 +423,11 @@ def main() -> None:
         for stage in ("rectified", "distilled"):
             objects = args.run / key / f"{stage}-{OBJECTS_FILE}"
             if stage in result and objects.is_file():
-                result[stage] |= _bootstrap_against(args.run / "maskclip" / OBJECTS_FILE, objects)
+                before, after = _bootstrap_draws(args.run / "maskclip" / OBJECTS_FILE, objects)
+                result[stage] |= _interval(after - before, "_change")
                 result[stage] |= _space_readings(objects)
     baseline["scores"] |= _space_readings(args.run / "maskclip" / OBJECTS_FILE)
-    baseline["scores"] |= _bootstrap_interval(args.run / "maskclip" / OBJECTS_FILE)
+    baseline["scores"] |= _interval(_bootstrap_draws(args.run / "maskclip" / OBJECTS_FILE)[0], "")
     report = {"eval": eval_info, "maskclip": baseline["scores"], "runs": runs, "summary": _summary(runs)}
     (args.run / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     STUDY.write_text(json.dumps(report, indent=2) + "\n")
