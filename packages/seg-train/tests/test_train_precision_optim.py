@@ -2,21 +2,77 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
 
+import seg_train.precision as precision_module
 from seg_core import ConfigError, TrainConfig
-from seg_train import autocast_dtype, build_optimizer, resolve_precision
+from seg_train import SlowPrecisionWarning, autocast_dtype, build_optimizer, cpu_bf16_is_native, resolve_precision
 
 CPU = torch.device("cpu")
 
 
 def test_precision_on_cpu() -> None:
     assert resolve_precision("fp32", CPU) == "fp32"
-    assert resolve_precision("bf16", CPU) == "bf16"
+    with warnings.catch_warnings():  # bf16 on a CPU without native bf16 also warns; tested below
+        warnings.simplefilter("ignore", SlowPrecisionWarning)
+        assert resolve_precision("bf16", CPU) == "bf16"
     assert resolve_precision("fp16", CPU) == "fp16"
     assert resolve_precision("auto", CPU) == "fp32"  # CPU mixed precision is opt-in
+
+
+def _fake_cpu(monkeypatch: pytest.MonkeyPatch, **flags: bool) -> None:
+    def probe(value: bool) -> Callable[[], bool]:
+        return lambda: value
+
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_avx2_supported", "_is_avx512_supported"):
+        monkeypatch.setattr(torch.cpu, name, probe(flags.get(name, False)), raising=False)
+
+
+def test_bf16_on_an_x86_cpu_without_native_bf16_warns_and_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_cpu(monkeypatch, _is_avx2_supported=True)
+    assert cpu_bf16_is_native() is False
+    with pytest.warns(SlowPrecisionWarning, match=r"'bf16' on this CPU is emulated .* set precision to 'fp32'"):
+        assert resolve_precision("bf16", CPU) == "bf16"  # honoured: the recipe's numerics are not changed silently
+
+
+@pytest.mark.parametrize("native", ["_is_avx512_bf16_supported", "_is_amx_tile_supported"])
+def test_bf16_on_a_cpu_with_native_bf16_is_silent(monkeypatch: pytest.MonkeyPatch, native: str) -> None:
+    _fake_cpu(monkeypatch, _is_avx2_supported=True, _is_avx512_supported=True, **{native: True})
+    assert cpu_bf16_is_native() is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_precision("bf16", CPU) == "bf16"
+
+
+def test_unknown_cpu_does_not_warn(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_cpu(monkeypatch)  # no x86 flag: an ARM machine, say, where the probes tell nothing
+    assert cpu_bf16_is_native() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_precision("bf16", CPU) == "bf16"
+
+
+def test_missing_or_failing_probes_tell_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> bool:
+        raise RuntimeError("no cpuinfo")
+
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_avx512_supported"):
+        monkeypatch.delattr(torch.cpu, name, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx2_supported", broken, raising=False)
+    assert precision_module.cpu_bf16_is_native() is None
+
+
+def test_auto_and_fp32_never_warn_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_cpu(monkeypatch, _is_avx2_supported=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_precision("auto", CPU) == "fp32"
+        assert resolve_precision("fp32", CPU) == "fp32"
 
 
 def test_unknown_precision_names_the_field_and_choices() -> None:

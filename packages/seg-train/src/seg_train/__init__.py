@@ -36,7 +36,7 @@ from seg_train.distributed import (
     unwrap_model,
 )
 from seg_train.optim import build_optimizer
-from seg_train.precision import autocast_dtype, resolve_precision
+from seg_train.precision import SlowPrecisionWarning, autocast_dtype, cpu_bf16_is_native, resolve_precision
 from seg_train.schedules import cosine_decay, linear_warmup, lr_multiplier, lr_multiplier_fn, poly_decay
 from seg_train.seeding import capture_rng_state, deterministic_algorithms, restore_rng_state, seed_everything
 from seg_train.trainer import (
@@ -56,6 +56,7 @@ __all__ = [
     "NonFiniteLossError",
     "ResumableIndexBatches",
     "SegAugmentConfig",
+    "SlowPrecisionWarning",
     "Stateful",
     "StepFn",
     "StepOutput",
@@ -76,6 +77,7 @@ __all__ = [
     "build_optimizer",
     "capture_rng_state",
     "cosine_decay",
+    "cpu_bf16_is_native",
     "deterministic_algorithms",
     "distributed_context",
     "gaussian_blur",
