@@ -1,6 +1,7 @@
 """How retrieval and training grow with collection size and process count: the measurements behind docs/scaling.md.
 
     python tools/bench/scaling.py index [--sizes 10000 100000 1000000] [--dim 512] [--work runs/bench/scaling]
+    python tools/bench/scaling.py rerank [--size 100000] [--reranks 200 500]    # after `index --kinds flat ivf_pq`
     python tools/bench/scaling.py index-procs [--size 1000000]
     python tools/bench/scaling.py coarse [--nlists 4096 65536] [--ef-search 16 64 128]
     python tools/bench/scaling.py curate [--concepts 10000] [--batch-size 1000] [--size 1000000]
@@ -20,6 +21,11 @@ imported into a seg store (float16 shards, memory-mapped), and indexed from the 
 ``ivf_pq`` (``pq_m = 64``) and ``ivf_pq`` with on-disk lists, ``nlist = min(4·√N, 1024)``, ``nprobe = 32``: build time,
 memory, index bytes against :func:`seg_retrieval.index.estimate_index_bytes`, search time for 1,000 queries at
 ``k = 50`` and recall@50 against the exact search.
+
+``rerank``: the IVF-PQ index of ``index`` at ``--size`` searched without and with exact re-ranking
+(``IndexConfig.rerank``: ``max(50, rerank)`` candidates per query re-scored from the float16 store), and the flat
+index for reference: search time of the 1,000 queries (best and median of ``--repeats`` after a warm-up search, so
+the store rows read are in the page cache) and recall@50 against the exact search.
 
 ``index-procs``: the on-disk IVF-PQ build of ``--size`` vectors as 1 process x 1 thread, 1 x 2 and 2 x 1
 (``torchrun``: rank 0 trains and merges, the ranks split the part adds).
@@ -264,6 +270,64 @@ def run_index(args: argparse.Namespace) -> None:
         for name in args.kinds:
             result = _child(["_build", str(args.work), str(n), name, str(args.threads)])
             _record(args.work, f"index/n{n}/{name}", result)
+
+
+def _rerank_child(work: Path, n: int, reranks: list[int], repeats: int, threads: int) -> dict[str, Any]:
+    """In the child: load the IVF-PQ index of ``index``, search the queries at each ``rerank`` (0: none), measure."""
+    _threads(threads)
+    import numpy as np
+
+    from seg_retrieval.index import EmbeddingIndex
+
+    folder = work / f"n{n}"
+    queries = np.load(folder / "queries.npy")
+    truth = json.loads((folder / "truth.json").read_text())
+    rows: list[dict[str, Any]] = []
+
+    def measure(index: EmbeddingIndex, rerank: int | str) -> None:
+        index.search(queries, 50)  # warm-up: page faults of the store rows read, thread pools
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            _, ids = index.search(queries, 50)
+            times.append(time.perf_counter() - started)
+        hits = sum(len(set(found) & set(exact)) for found, exact in zip(ids, truth, strict=True))
+        rows.append(
+            {
+                "n": n,
+                "index": index.config.kind,
+                "nprobe": index.config.nprobe if index.config.is_ivf else "",
+                "rerank": rerank,
+                "threads": threads,
+                "search_1000_s": min(times),
+                "search_1000_median_s": sorted(times)[len(times) // 2],
+                "recall_at_50": hits / (50 * len(truth)),
+            }
+        )
+
+    if (folder / "index-flat" / "index.json").is_file():  # the exact search, timed the same way, for reference
+        flat = EmbeddingIndex.load(folder / "index-flat")
+        measure(flat, "exact")
+        del flat
+    index = EmbeddingIndex.load(folder / "index-ivf_pq")
+    for rerank in reranks:
+        index.set_search_params(rerank=rerank)
+        measure(index, rerank)
+    return {"rows": rows}
+
+
+def run_rerank(args: argparse.Namespace) -> None:
+    folder = args.work / f"n{args.size}"
+    for needed in (folder / "index-ivf_pq" / "index.json", folder / "truth.json"):
+        if not needed.is_file():
+            raise SystemExit(f"run `index --sizes {args.size} --kinds flat ivf_pq` first: {needed} is missing")
+    reranks = sorted({0, *args.reranks})
+    result = _child(
+        ["_rerank", str(args.work), str(args.size), ",".join(map(str, reranks)), str(args.repeats), str(args.threads)]
+    )
+    for row in result["rows"]:
+        name = "flat" if row["rerank"] == "exact" else f"ivf_pq/r{row['rerank']:05d}"
+        _record(args.work, f"rerank/n{args.size}/{name}", row)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -572,6 +636,10 @@ def run_report(args: argparse.Namespace) -> None:
             f"{_mb(row['store_bytes'])} |"
         )
     for section, columns in (
+        (
+            "rerank/",
+            ("n", "index", "nprobe", "rerank", "threads", "search_1000_s", "search_1000_median_s", "recall_at_50"),
+        ),
         ("curate/", ("n", "concepts", "batch_size", "seconds", "concepts_per_s", "median_batch_s", "peak_anon_bytes")),
         ("embed/", ("procs", "images", "seconds", "images_per_s", "prompts_per_s_rank0", "peak_anon_bytes")),
         ("train/", ("procs", "steps", "global_batch", "seconds", "pairs_per_s", "peak_anon_bytes")),
@@ -589,7 +657,7 @@ def run_report(args: argparse.Namespace) -> None:
                 if column.endswith("bytes") and value is not None:
                     cells.append(_mb(value) + " MB")
                 elif isinstance(value, float):
-                    cells.append(f"{value:,.2f}")
+                    cells.append(f"{value:.3f}" if column.startswith("recall") else f"{value:,.2f}")
                 else:
                     cells.append(f"{value:,}" if isinstance(value, int) else str(value))
             lines.append("| " + " | ".join(cells) + " |")
@@ -606,6 +674,11 @@ def main() -> None:
         work, n, name, threads = sys.argv[2:6]
         print(json.dumps(_build_child(Path(work), int(n), name, int(threads))))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "_rerank":
+        work, n, reranks, repeats, threads = sys.argv[2:7]
+        values = [int(value) for value in reranks.split(",")]
+        print(json.dumps(_rerank_child(Path(work), int(n), values, int(repeats), int(threads))))
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "_curate":
         work, n, concepts, batch_size, threads = sys.argv[2:7]
         print(json.dumps(_curate_child(Path(work), int(n), int(concepts), int(batch_size), int(threads))))
@@ -618,6 +691,11 @@ def main() -> None:
     index.add_argument("--dim", type=int, default=512)
     index.add_argument("--kinds", nargs="+", default=list(INDEX_KINDS), choices=list(INDEX_KINDS))
     index.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    rerank = commands.add_parser("rerank")
+    rerank.add_argument("--size", type=int, default=100_000)
+    rerank.add_argument("--reranks", type=int, nargs="+", default=[200, 500], help="candidates re-scored (0: none)")
+    rerank.add_argument("--repeats", type=int, default=3)
+    rerank.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     curate = commands.add_parser("curate")
     curate.add_argument("--size", type=int, default=1_000_000)
     curate.add_argument("--concepts", type=int, default=10_000)
@@ -642,6 +720,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     runners: dict[str, Callable[[argparse.Namespace], None]] = {
         "index": run_index,
+        "rerank": run_rerank,
         "curate": run_curate,
         "index-procs": run_index_procs,
         "coarse": run_coarse,

@@ -192,6 +192,29 @@ def test_on_disk_index_and_memory_budget(pipeline: Pipeline, tmp_path: Path, run
     assert "memory size 'lots' is not a positive size" in result.text
 
 
+def test_index_rerank_is_saved_and_re_scores_exactly(
+    pipeline: Pipeline, tmp_path: Path, run_seg: Callable[..., Any]
+) -> None:
+    from seg_retrieval.index import EmbeddingIndex
+
+    knobs = ["--kind", "ivf_pq", "--nlist", "2", "--nprobe", "2", "--pq-m", "4", "--pq-bits", "2"]
+    result = _invoke("retrieve", "index", str(pipeline.store), "--out", str(tmp_path / "pq"), *knobs, "--rerank", "8")
+    assert result.exit_code == 0, result.output
+    assert "pq_m=4x2, rerank=8" in " ".join(result.stdout.split())
+    reranked = EmbeddingIndex.load(tmp_path / "pq")
+    assert reranked.config.rerank == 8
+    flat = EmbeddingIndex.load(pipeline.index)
+    queries = flat.vectors(["img2.png", "more/alpha.png"])
+    scores, ids = reranked.search(queries, 5)  # all 8 images re-scored from the store: the exact result
+    expected_scores, expected_ids = flat.search(queries, 5)
+    assert ids == expected_ids
+    np.testing.assert_allclose(scores.numpy(), expected_scores.numpy(), atol=1e-5)
+    result = run_seg("retrieve", "index", str(pipeline.store), "--out", str(tmp_path / "bad"), *knobs, "--rerank", "0")
+    assert result.exit_code == 2
+    assert "0 is too small; use an integer >= 1" in result.text
+    assert not (tmp_path / "bad").exists()
+
+
 def test_impossible_index_settings_fail_naming_the_field(
     pipeline: Pipeline, tmp_path: Path, run_seg: Callable[..., Any]
 ) -> None:

@@ -291,7 +291,7 @@ def index(
     ],
     kind: Annotated[
         IndexKind | None,
-        typer.Option("--kind", help="Index kind [default: flat].", case_sensitive=False, show_default=False),
+        typer.Option("--kind", help="Index kind (default: flat).", case_sensitive=False, show_default=False),
     ] = None,
     nlist: Annotated[
         int | None,
@@ -301,12 +301,12 @@ def index(
     pq_m: Annotated[
         int | None,
         typer.Option(
-            "--pq-m", callback=_optional_at_least(1), help="IVF-PQ sub-quantisers (bytes/vector) [default: 64]."
+            "--pq-m", callback=_optional_at_least(1), help="IVF-PQ sub-quantisers (bytes/vector) (default: 64)."
         ),
     ] = None,
     pq_bits: Annotated[
         int | None,
-        typer.Option("--pq-bits", callback=_optional_at_least(1), help="IVF-PQ bits per code [default: 8]."),
+        typer.Option("--pq-bits", callback=_optional_at_least(1), help="IVF-PQ bits per code (default: 8)."),
     ] = None,
     hnsw_m: Annotated[int, typer.Option("--hnsw-m", callback=at_least(2), help="HNSW neighbours per node.")] = 32,
     ef_search: Annotated[
@@ -314,12 +314,23 @@ def index(
         typer.Option(
             "--ef-search",
             callback=_optional_at_least(1),
-            help="HNSW search breadth [default: 128; 16 for the graph of --coarse hnsw].",
+            help="HNSW search breadth (default: 128; 16 for the graph of --coarse hnsw).",
         ),
     ] = None,
     ef_construction: Annotated[
         int, typer.Option("--ef-construction", callback=at_least(1), help="HNSW build breadth.")
     ] = 200,
+    rerank: Annotated[
+        int | None,
+        typer.Option(
+            "--rerank",
+            callback=_optional_at_least(1),
+            help="Re-rank this many approximate candidates per query by exact cosine, read from STORE_DIR (lifts "
+            "IVF-PQ's recall; e.g. 100-200 for -k 50; default off); saved with the index, whose searches then need "
+            "the store.",
+            show_default=False,
+        ),
+    ] = None,
     train_size: Annotated[
         int | None,
         typer.Option(
@@ -388,6 +399,7 @@ def index(
                 "device": device.value,
                 "on_disk": on_disk,
                 "coarse_quantizer": coarse.value,
+                "rerank": rerank,
             }
         )
         if memory_budget is not None:
@@ -406,6 +418,8 @@ def index(
         details += ", HNSW coarse quantiser"
     if built.config.on_disk:
         details += ", lists on disk"
+    if built.config.rerank is not None:
+        details += f", rerank={built.config.rerank}"
     size = estimate_index_bytes(built.config, len(built), built.dim) / 1e6
     stdout_console().print(
         f"indexed {len(built)} embeddings of {embeddings.encoder} ({built.config.kind}{details}, {built.device}) "

@@ -13,7 +13,8 @@ Which index (Johnson, Douze & Jégou, "Billion-scale similarity search with GPUs
 * ``ivf_flat``: k-means into ``nlist`` lists, search visits ``nprobe`` of them; exact vectors, so recall is bounded
   only by the lists visited. ``nlist`` ≈ 4·√N to 16·√N.
 * ``ivf_pq``: IVF with product-quantised residuals (``pq_m`` codes of ``pq_bits`` bits per vector): ~``pq_m`` bytes
-  per vector instead of ``4·D``; approximate scores. For billions of images.
+  per vector instead of ``4·D``; approximate scores, which ``IndexConfig.rerank`` corrects by re-scoring the best
+  candidates with exact vectors from the embedding store (faiss's ``IndexRefine`` idea). For billions of images.
 * ``hnsw``: a graph, no training, fast and accurate at high recall but slow to build and ~``4·D + 8·hnsw_m`` bytes
   per vector; CPU only in faiss.
 
@@ -102,6 +103,7 @@ _PARTS_DIR = ".parts"  # in-progress parts of an on-disk build (hidden: copies a
 
 _ADD_CHUNK = 65_536  # rows normalised and added at a time: bounds the float32 copy to 65536·D·4 bytes
 _GPU_MAX_K = 2048  # faiss GPU k-selection limit (also the largest nprobe)
+_RERANK_BLOCK = 1 << 22  # float32 values of candidate vectors re-scored at a time (16 MB)
 
 
 class IndexConfig(SegModel):
@@ -135,6 +137,11 @@ class IndexConfig(SegModel):
             centroids (``2·nlist·D`` flops per vector added or query); ``"hnsw"`` searches an HNSW graph over the
             centroids (``IVF{nlist}_HNSW{hnsw_m}``, the billion-scale faiss recipe and autofaiss's choice), about
             ``O(ef_search·hnsw_m·D)`` whatever ``nlist``: use it from tens of thousands of lists up. CPU only.
+        rerank: Candidates per query re-scored exactly: :meth:`EmbeddingIndex.search` fetches ``max(k, rerank)``
+            approximate neighbours (at most the index size, and faiss GPU's k limit of 2048 on a GPU), reads their
+            vectors from the embedding store the index was built from, and keeps the ``k`` best by exact cosine,
+            which lifts IVF-PQ's recall towards that of the lists visited. ``None``: no re-ranking. A search-time
+            knob (:meth:`EmbeddingIndex.set_search_params`); searching needs the store.
     """
 
     kind: IndexKind = "flat"
@@ -152,6 +159,7 @@ class IndexConfig(SegModel):
     metric: IndexMetric = "inner_product"
     factory: str | None = None
     coarse_quantizer: CoarseQuantizer = "flat"
+    rerank: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> IndexConfig:
@@ -663,7 +671,9 @@ def _build_on_disk(
         assert config.train_size is not None
         sample = rows.sample(config.train_size, config.seed)
         plan = {
-            "config": config.model_dump(mode="json", exclude={"nprobe", "ef_search", "device", "metric", "factory"}),
+            "config": config.model_dump(
+                mode="json", exclude={"nprobe", "ef_search", "rerank", "device", "metric", "factory"}
+            ),
             "count": rows.count,
             "dim": rows.dim,
             "ids": _digest(*(image_id.encode("utf-8") + b"\0" for image_id in rows.ids)),
@@ -1056,15 +1066,23 @@ class EmbeddingIndex:
         """Vector dimension ``D``."""
         return int(self.faiss_index.d)
 
-    def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
-        """Change the search-time knobs (IVF ``nprobe``, HNSW ``ef_search``) without rebuilding.
+    def set_search_params(
+        self, *, nprobe: int | None = None, ef_search: int | None = None, rerank: int | None = None
+    ) -> None:
+        """Change the search-time knobs (IVF ``nprobe``, HNSW ``ef_search``, exact ``rerank``) without rebuilding.
 
         ``ef_search`` also sets the candidate list of an HNSW coarse quantiser (an imported ``IVF..._HNSW..`` index).
 
+        Args:
+            nprobe: IVF lists visited per query; ``None`` leaves it as it is.
+            ef_search: HNSW candidate-list size; ``None`` leaves it as it is.
+            rerank: Candidates per query re-scored exactly from the embedding store (:attr:`IndexConfig.rerank`);
+                ``0`` turns re-ranking off, ``None`` leaves it as it is.
+
         Raises:
-            ConfigError: ``nprobe`` outside ``[1, nlist]`` or ``ef_search < 1``.
+            ConfigError: ``nprobe`` outside ``[1, nlist]``, ``ef_search < 1`` or ``rerank < 0``.
         """
-        update: dict[str, int] = {}
+        update: dict[str, int | None] = {}
         if nprobe is not None:
             nlist = self.config.nlist
             if nprobe < 1 or (nlist is not None and nprobe > nlist):
@@ -1087,10 +1105,21 @@ class EmbeddingIndex:
                 quantizer = faiss.downcast_index(faiss.extract_index_ivf(self.faiss_index).quantizer)
                 if isinstance(quantizer, faiss.IndexHNSW):
                     quantizer.hnsw.efSearch = ef_search
+        if rerank is not None:
+            if isinstance(rerank, bool) or rerank < 0:
+                raise ConfigError(
+                    f"rerank={rerank!r} is not a number of candidates: use rerank >= 1 (candidates per query re-scored "
+                    "exactly, e.g. 4·k) or rerank=0 to turn re-ranking off"
+                )
+            update["rerank"] = rerank or None
         self.config = self.config.model_copy(update=update)
 
     def search(self, queries: Tensor | npt.NDArray[Any], k: int) -> tuple[Tensor, list[list[str]]]:
         """The ``k`` nearest images of each query by cosine similarity, best first.
+
+        With :attr:`IndexConfig.rerank` set, the index is asked for ``max(k, rerank)`` candidates (at most the index
+        size, and 2048 on a GPU), whose vectors are read from the embedding store and re-scored by exact cosine; the
+        ``k`` best of them are returned with those exact scores.
 
         Args:
             queries: ``[Q, D]`` query vectors (any norm; normalised here), e.g. prompt-ensembled text embeddings.
@@ -1098,11 +1127,13 @@ class EmbeddingIndex:
 
         Returns:
             ``scores`` ``[Q, k]`` float32 on the CPU (cosine similarities, non-increasing along each row; for an
-            ``metric="l2"`` index ``1 - d / 2`` of faiss's squared distances ``d``, the cosine for unit vectors) and
-            the ``k`` image ids of each query.
+            ``metric="l2"`` index without re-ranking ``1 - d / 2`` of faiss's squared distances ``d``, the cosine for
+            unit vectors; with re-ranking the exact cosines with the stored vectors) and the ``k`` image ids of each
+            query.
 
         Raises:
             ValueError: Queries not ``[Q, D]``, or ``k`` out of range.
+            ConfigError: ``rerank`` is set but the embedding store the index was built from is not available.
             RuntimeError: An approximate index found fewer than ``k`` neighbours (raise ``nprobe``/``ef_search``),
                 or an imported index returned an id that is not a row number.
         """
@@ -1120,28 +1151,89 @@ class EmbeddingIndex:
             raise ValueError(f"k={k} exceeds the {len(self)} vectors in the index; use k <= {len(self)}")
         if self.device == "gpu" and k > _GPU_MAX_K:
             raise ValueError(f"k={k} exceeds faiss GPU's limit of {_GPU_MAX_K}; use k <= {_GPU_MAX_K} or a CPU index")
+        rerank = self.config.rerank
+        store = None if rerank is None else self._rerank_store(rerank)
         if array.shape[0] == 0:
             return torch.empty(0, k), []
-        scores, rows = self.faiss_index.search(_normalised(array), k)
-        short = np.flatnonzero((rows < 0).any(axis=1))
+        fetch = k if rerank is None else min(max(k, rerank), len(self))
+        if self.device == "gpu":
+            fetch = min(fetch, _GPU_MAX_K)
+        normalised = _normalised(array)
+        scores, rows = self.faiss_index.search(normalised, fetch)
+        found = (rows >= 0).sum(axis=1)
+        short = np.flatnonzero(found < k)
         if short.size:
-            found = int((rows[short[0]] >= 0).sum())
             knob = "nprobe" if self.config.is_ivf else "ef_search"
             raise RuntimeError(
-                f"the {self.config.kind} index found only {found} < k={k} neighbours for query {int(short[0])}; "
-                f"raise {knob} (now {getattr(self.config, knob)}) with set_search_params, or lower k"
+                f"the {self.config.kind} index found only {int(found[short[0]])} < k={k} neighbours for query "
+                f"{int(short[0])}; raise {knob} (now {getattr(self.config, knob)}) with set_search_params, or lower k"
             )
         if rows.size and int(rows.max()) >= len(self._ids):
             raise RuntimeError(
                 f"the faiss index returned id {int(rows.max())} but holds {len(self._ids)} rows: its ids are not row "
                 "numbers (vectors added with add_with_ids?); seg needs row i of the index to be ids[i]"
             )
-        if self.config.metric == "l2":
+        if store is not None:
+            scores, rows = self._exact_top_k(normalised, rows, k, store)
+        elif self.config.metric == "l2":
             scores = 1.0 - scores / 2.0  # ‖q − x‖² = 2 − 2·cos(q, x) for unit q and x
         ids = self._ids
         return torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32)), [
             [ids[row] for row in query_rows] for query_rows in rows.tolist()
         ]
+
+    def _rerank_store(self, rerank: int) -> RowStore:
+        """The store whose exact vectors re-rank candidates.
+
+        Raises:
+            ConfigError: No store, or one that no longer holds this index's rows.
+        """
+        store = self._store()
+        if store is not None:
+            return store
+        why = (
+            "it was built from an array or imported without store="
+            if self.store is None
+            else f"{self.store} is missing or no longer holds the index's rows in its order"
+        )
+        raise ConfigError(
+            f"IndexConfig.rerank={rerank} re-scores candidates with the exact vectors of the embedding store the index "
+            f"was built from, but this index has none ({why}); build or load the index with its store available "
+            "(build_index over an EmbeddingStore, EmbeddingIndex.from_faiss(..., store=...)), or turn re-ranking off "
+            "with set_search_params(rerank=0) (IndexConfig.rerank=None)"
+        )
+
+    def _exact_top_k(
+        self, queries: npt.NDArray[np.float32], rows: npt.NDArray[np.int64], k: int, store: RowStore
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """The ``k`` best of each query's candidate ``rows`` by exact cosine with the store's vectors, best first.
+
+        Candidates are re-scored a block of queries at a time (about 16 MB of float32 vectors), reading each block's
+        distinct rows once, in row order; ties keep the approximate order.
+
+        Args:
+            queries: ``[Q, D]`` L2-normalised queries.
+            rows: ``[Q, R]`` candidate rows from faiss, ``-1`` where it found none (at least ``k`` per query).
+            k: Neighbours kept per query, ``k <= R``.
+            store: Where the exact vectors are read.
+
+        Returns:
+            ``[Q, k]`` exact cosines (non-increasing along each row) and the ``[Q, k]`` rows they belong to.
+        """
+        count, width = rows.shape
+        exact = np.empty((count, width), dtype=np.float32)
+        block = max(1, _RERANK_BLOCK // (width * self.dim))
+        for start in range(0, count, block):
+            part = rows[start : start + block]
+            valid = part >= 0
+            filled = np.where(valid, part, part[:, :1])  # a query's first candidate is always found (k >= 1)
+            distinct, inverse = np.unique(filled, return_inverse=True)
+            vectors = _normalised(store.embeddings(distinct).numpy())
+            candidates = vectors[inverse.reshape(part.shape)]  # [b, R, D]
+            cosines = np.matmul(candidates, queries[start : start + block, :, None])[..., 0]
+            exact[start : start + block] = np.where(valid, cosines, -np.inf)
+        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(exact, order, axis=1), np.take_along_axis(rows, order, axis=1)
 
     def positions(self, ids: Sequence[str]) -> list[int]:
         """Rows of ``ids`` in the index.
@@ -1319,6 +1411,7 @@ class EmbeddingIndex:
         store: str | Path | RowStore | None = None,
         nprobe: int | None = None,
         ef_search: int | None = None,
+        rerank: int | None = None,
         mmap: bool = True,
     ) -> EmbeddingIndex:
         """Wrap a faiss index built elsewhere (autofaiss, clip-retrieval, plain faiss) without recomputing anything.
@@ -1348,6 +1441,8 @@ class EmbeddingIndex:
             nprobe: IVF lists visited per query; default the index's own setting.
             ef_search: HNSW candidate-list size (of the index, or of an IVF index's HNSW quantiser); default the
                 index's own.
+            rerank: Candidates per query re-scored exactly from ``store`` (:attr:`IndexConfig.rerank`); default
+                none. Lifts the recall of a PQ index (LAION's are) at the cost of reading ``rerank`` rows per query.
             mmap: Memory-map the IVF lists of an index file (``False``: read them into RAM).
 
         Returns:
@@ -1356,7 +1451,8 @@ class EmbeddingIndex:
         Raises:
             ConfigError: An unreadable or binary index, a kind or metric seg cannot search (the message names what
                 it found and what works), ids whose count differs from the index's rows, a flat/HNSW index whose
-                rows are not unit vectors, a ``store`` whose ids differ, or ``nprobe`` / ``ef_search`` out of range.
+                rows are not unit vectors, a ``store`` whose ids differ, or ``nprobe`` / ``ef_search`` / ``rerank``
+                out of range.
             TypeError: ``index`` is neither a path nor a faiss index.
         """
         given: object = index  # checked here: callers may pass anything, binary indexes included
@@ -1406,5 +1502,5 @@ class EmbeddingIndex:
             opened_store=opened,
             ivfdata=ivfdata,
         )
-        imported.set_search_params(nprobe=nprobe, ef_search=ef_search)
+        imported.set_search_params(nprobe=nprobe, ef_search=ef_search, rerank=rerank)
         return imported
