@@ -10,7 +10,8 @@ numbers are not comparable. This script renders images of the project's world th
 and snow, are ignored), and segments them with the bundled reference CLIP's MaskCLIP among those 13 classes
 (``synthetic`` preset: 85 templates; study 2 used one template and found the wording moved mIoU by at most .05).
 The images come from the ``pairs`` split of a world seed training never used (held-out classes apply to ``index``
-and ``pairs``). Writes ``docs/study2-comparison.json`` (or ``--out``).
+and ``pairs``). Writes ``docs/study2-comparison.json`` (or ``--out``), with the three classes each stuff class's
+pixels are most often predicted as (study 2's finding 3: stuff taken over by a thing's text embedding).
 """
 
 from __future__ import annotations
@@ -70,11 +71,17 @@ def main() -> None:
         "thing_mIoU": metrics.miou_over(STUDY2_THINGS),
     }
     per_class = dict(metrics.per_class_iou)
+    counts = confusion.counts.double()
+    where_stuff_goes = {}  # study 2's finding 3: stuff pixels taken over by a thing's text embedding
+    for row, name in enumerate(STUDY2_STUFF):
+        shares = counts[row] / counts[row].sum().clamp(min=1)
+        top = shares.argsort(descending=True)[:3].tolist()
+        where_stuff_goes[name] = {names[column]: round(float(shares[column]), 3) for column in top}
     report = {
         "world": {"seed": args.world_seed, "split": "pairs", "held_out": list(held_out), "num_images": args.num_images},
         "classes": list(names),
         "model": str(model) if args.model else f"bundled:{REFERENCE_CLIP}",
-        "reference_clip": ours | {"per_class_iou": per_class},
+        "reference_clip": ours | {"per_class_iou": per_class, "stuff_pixels_predicted_as": where_stuff_goes},
         "study2": STUDY2_REPORTED,
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -83,6 +90,7 @@ def main() -> None:
         f"thing {ours['thing_mIoU']:.3f}  (study 2 run B: .342 / .670 / .137)"
     )
     print({name: round(value, 3) for name, value in per_class.items() if value is not None})
+    print("stuff pixels predicted as:", where_stuff_goes)
 
 
 if __name__ == "__main__":
