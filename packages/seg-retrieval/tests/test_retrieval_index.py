@@ -218,14 +218,18 @@ class Identity:
 
 
 class Points:
-    def __init__(self, rows: np.ndarray) -> None:
+    """Rows of an array as ``[3, D/3, 1]`` images (an :class:`Identity` or :class:`Passthrough` embeds them back),
+    with ids ``f"{prefix}{row}"``."""
+
+    def __init__(self, rows: np.ndarray, prefix: str = "p") -> None:
         self.rows = torch.from_numpy(rows)
+        self.prefix = prefix
 
     def __len__(self) -> int:
         return self.rows.shape[0]
 
     def __getitem__(self, index: int) -> tuple[str, Tensor]:
-        return f"p{index}", self.rows[index].reshape(3, 1, 1)
+        return f"{self.prefix}{index}", self.rows[index].reshape(3, -1, 1)
 
 
 def test_index_over_a_store_keeps_its_ids_encoder_and_vectors(tmp_path: Path) -> None:
@@ -281,19 +285,6 @@ class Passthrough(Identity):
         self.embed_dim = dim
 
 
-class Rows:
-    """Rows of an array as images of :class:`Passthrough`, with ids ``"0"``, ``"1"``, ..."""
-
-    def __init__(self, rows: np.ndarray) -> None:
-        self.rows = torch.from_numpy(rows)
-
-    def __len__(self) -> int:
-        return self.rows.shape[0]
-
-    def __getitem__(self, index: int) -> tuple[str, Tensor]:
-        return str(index), self.rows[index].reshape(3, -1, 1)
-
-
 @dataclass(frozen=True)
 class Clustered:
     base: np.ndarray  # [640, 24] float32, 20 clusters
@@ -312,7 +303,7 @@ def clustered_rows(count: int, seed: int) -> np.ndarray:
 def clustered(tmp_path_factory: pytest.TempPathFactory) -> Clustered:
     base = clustered_rows(640, seed=0)
     root = tmp_path_factory.mktemp("rerank") / "store"
-    store = embed_collection(Passthrough(24), Rows(base), root, shard_size=256, progress=False)
+    store = embed_collection(Passthrough(24), Points(base, prefix=""), root, shard_size=256, progress=False)
     assert store.ids == tuple(str(row) for row in range(640))
     stored = unit(store.embeddings(range(640)).numpy().astype(np.float64)).astype(np.float32)
     return Clustered(base, clustered_rows(20, seed=1), store, stored)
