@@ -1,6 +1,6 @@
 """Time one training step of the reference synthetic CLIP on this CPU in fp32 and in bf16 autocast.
 
-    python tools/bench_cpu_precision.py [--threads 2] [--steps 4] [--batch 128]
+    python tools/bench/cpu_precision.py [--threads 2] [--steps 4] [--batch 128]
 
 On a CPU without native bf16 (x86 without AVX512-BF16 or AMX) bf16 autocast is emulated; this measures what that
 costs for the recipe ``seg_trainers.clip.SyntheticClipRecipe`` asks for (bf16). Prints the median seconds per step
